@@ -1,0 +1,70 @@
+//! `keydb-node`: one KeyDB server. Settings come from `settings/default.toml`
+//! (embedded), the file named by `KEYDB_CONFIG` and `KEYDB_*` variables.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use keydb::settings::{Settings, SettingsError};
+
+const HELP: &str = "keydb-node: a KeyDB server node
+
+Usage: keydb-node [--help | --version]
+
+Configured by settings/default.toml (embedded), then the TOML file named by
+KEYDB_CONFIG, then KEYDB_* environment variables, e.g.
+  KEYDB_PORT=50051 KEYDB_NODE_ID=0 KEYDB_NODE_ADDRESSES=localhost:50051 keydb-node
+Logging: RUST_LOG (default info). See API.md for every setting.";
+
+fn main() -> ExitCode {
+    if let Some(arg) = std::env::args().nth(1) {
+        return match arg.as_str() {
+            "-h" | "--help" => {
+                println!("{HELP}");
+                ExitCode::SUCCESS
+            }
+            "-V" | "--version" => {
+                println!("keydb-node {}", env!("CARGO_PKG_VERSION"));
+                ExitCode::SUCCESS
+            }
+            other => {
+                eprintln!("keydb-node: unexpected argument {other:?} (settings come from KEYDB_* variables; see --help)");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(SettingsError::Invalid(problems)) => {
+            for p in problems {
+                eprintln!("keydb-node: {p}");
+            }
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("keydb-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let node_id = settings.node_id;
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(move |buf, record| {
+            writeln!(
+                buf,
+                "{} {:5} node={node_id} {}: {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        })
+        .init();
+    log::info!("settings: {settings:?}");
+    match actix_web::rt::System::new().block_on(keydb::server::run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("cannot serve: {e}");
+            eprintln!("keydb-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `/put`, `/get`, `/claim`: read the body within its limit, decode it in the
+//! format its content type names, ask the router, answer in the same format.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+
+use super::{ApiError, AppState};
+use crate::messages::{Route, RouteKind};
+use crate::wire::{self, BinaryResponse, ClaimResponse, DataRequest, GetResponse, PutResponse};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Binary,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Get,
+    Put,
+    Claim,
+}
+
+pub async fn put(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    serve(Op::Put, req, body, state).await
+}
+
+pub async fn get(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    serve(Op::Get, req, body, state).await
+}
+
+pub async fn claim(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    serve(Op::Claim, req, body, state).await
+}
+
+fn format_of(req: &HttpRequest) -> Result<Format, ApiError> {
+    let raw = req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("<not text>"));
+    let essence = raw.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(Format::Json),
+        "application/octet-stream" => Ok(Format::Binary),
+        _ => Err(ApiError::UnsupportedMediaType(raw.unwrap_or("none").to_string())),
+    }
+}
+
+/// Reads the whole body, refusing it as soon as it passes `limit`.
+async fn read_body(
+    req: &HttpRequest,
+    mut body: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut buf = web::BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("cannot read request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+async fn serve(
+    op: Op,
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let format = format_of(&req)?;
+    let bytes = read_body(&req, body, state.max_body_bytes).await?;
+    let with_ttl = op != Op::Get;
+    let decoded = match format {
+        Format::Json => wire::decode_json(&bytes, with_ttl, state.max_keys_per_request),
+        Format::Binary => wire::decode_binary(&bytes, with_ttl, state.max_keys_per_request),
+    };
+    let DataRequest { fingerprints, ttl_seconds } = decoded.map_err(|e| ApiError::BadRequest(e.0))?;
+    drop(bytes);
+    let kind = match (op, ttl_seconds) {
+        (Op::Get, _) => RouteKind::Get,
+        (Op::Put, Some(ttl_seconds)) => RouteKind::Put { ttl_seconds },
+        (Op::Claim, Some(ttl_seconds)) => RouteKind::Claim { ttl_seconds },
+        (_, None) => return Err(ApiError::Internal("decoder returned no ttl".into())),
+    };
+    let routed = state
+        .router
+        .send(Route { kind, fingerprints })
+        .await
+        .map_err(|e| ApiError::Internal(format!("router did not answer: {e}")))??;
+    let response = match format {
+        Format::Binary => HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(wire::encode_binary_response(&BinaryResponse::new(routed.epoch, &routed.answers))),
+        Format::Json => match op {
+            Op::Put => HttpResponse::Ok().json(PutResponse { success: true, epoch: routed.epoch }),
+            Op::Get => HttpResponse::Ok().json(GetResponse { exists: &routed.answers, epoch: routed.epoch }),
+            Op::Claim => {
+                HttpResponse::Ok().json(ClaimResponse { existed: &routed.answers, epoch: routed.epoch })
+            }
+        },
+    };
+    Ok(response)
+}

@@ -1,0 +1,97 @@
+//! Every error a route can answer, mapped exhaustively to the status, `code`
+//! string and extra fields of API.md.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::actors::RouteError;
+use crate::view::ViewWire;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("unsupported content type {0:?}: use application/json or application/octet-stream")]
+    UnsupportedMediaType(String),
+    #[error("{message}")]
+    WrongNode { message: String, view: ViewWire },
+    #[error("{message}")]
+    Unavailable { message: String, view: ViewWire, retry_after_secs: u32 },
+    #[error("no route {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::WrongNode { .. } => "wrong_node",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        let message = e.to_string();
+        match e {
+            RouteError::WrongNode { view, .. } => ApiError::WrongNode { message, view },
+            RouteError::Unavailable { view, retry_after_secs, .. } => {
+                ApiError::Unavailable { message, view, retry_after_secs }
+            }
+            RouteError::Internal(_) => ApiError::Internal(message),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<&'a ViewWire>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::WrongNode { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(m) = self {
+            log::error!("internal error: {m}");
+        }
+        let cluster = match self {
+            ApiError::WrongNode { view, .. } | ApiError::Unavailable { view, .. } => Some(view),
+            _ => None,
+        };
+        let body = Body { error: Detail { code: self.code(), message: self.to_string() }, cluster };
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unavailable { retry_after_secs, .. } = self {
+            response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        response.json(body)
+    }
+}

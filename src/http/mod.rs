@@ -1,0 +1,33 @@
+//! The actix-web API of API.md: routes, body decoding (JSON and binary),
+//! and the mapping of every error to its status and code. Handlers hold no
+//! state of their own: they decode, ask the router, and encode.
+
+mod data;
+pub mod error;
+mod ops;
+
+use actix::Addr;
+use actix_web::web;
+
+use crate::actors::RouterActor;
+
+pub use error::ApiError;
+
+/// What every handler shares; built once, before the server starts.
+#[derive(Clone)]
+pub struct AppState {
+    pub router: Addr<RouterActor>,
+    pub max_keys_per_request: usize,
+    pub max_body_bytes: usize,
+}
+
+/// Registers every route of API.md.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/put", web::post().to(data::put))
+        .route("/get", web::post().to(data::get))
+        .route("/claim", web::post().to(data::claim))
+        .route("/info", web::get().to(ops::info))
+        .route("/healthz", web::get().to(ops::healthz))
+        .route("/readyz", web::get().to(ops::readyz))
+        .default_service(web::to(ops::not_found));
+}

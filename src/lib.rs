@@ -1,0 +1,27 @@
+//! KeyDB: a distributed key store with TTLs that answers "have I seen this
+//! key recently?" for deduplicating event streams.
+//!
+//! Module map (pure logic at the top level, actix below it):
+//! - [`fingerprint`]: key → 128-bit fingerprint → hash range.
+//! - [`assignment`]: range → node, balanced and with minimal movement.
+//! - [`view`]: the cluster view (epoch, addresses, owners).
+//! - [`table`]: one range's keys and expiries, with the incremental sweep.
+//! - [`clock`]: wall-clock seconds for expiry arithmetic.
+//! - [`settings`]: node settings (file < `KEYDB_CONFIG` < env) and validation.
+//! - [`wire`]: request/response bodies, JSON and the binary fast path.
+//! - [`messages`]: one struct per request between actors.
+//! - [`actors`]: `RangeActor` (one per range) and `RouterActor`.
+//! - [`http`]: the actix-web API and its error mapping.
+//! - [`server`]: starts the actors and the HTTP server for a [`settings::Settings`].
+
+pub mod actors;
+pub mod assignment;
+pub mod clock;
+pub mod fingerprint;
+pub mod http;
+pub mod messages;
+pub mod server;
+pub mod settings;
+pub mod table;
+pub mod view;
+pub mod wire;

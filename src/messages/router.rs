@@ -1,0 +1,49 @@
+use actix::Message;
+
+use crate::actors::RouteError;
+use crate::fingerprint::Fingerprint;
+use crate::wire::Info;
+
+use super::RangeOp;
+
+/// A data request for the router: fingerprints in request order and, for
+/// puts and claims, the TTL.
+///
+/// Reply: the answers in request order (empty for puts) and the view epoch
+/// they were given under, or why the batch was refused as a whole.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Routed, RouteError>")]
+pub struct Route {
+    pub kind: RouteKind,
+    pub fingerprints: Vec<Fingerprint>,
+}
+
+/// Which data route; TTLs are turned into expiries by the router, which
+/// reads the clock once per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    Get,
+    Put { ttl_seconds: u32 },
+    Claim { ttl_seconds: u32 },
+}
+
+impl RouteKind {
+    pub fn at(self, now: u32) -> RangeOp {
+        match self {
+            RouteKind::Get => RangeOp::Get,
+            RouteKind::Put { ttl_seconds } => RangeOp::Put { expiry: now.saturating_add(ttl_seconds) },
+            RouteKind::Claim { ttl_seconds } => RangeOp::Claim { expiry: now.saturating_add(ttl_seconds) },
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Routed {
+    pub epoch: u64,
+    pub answers: Vec<bool>,
+}
+
+/// Reply: this node's `GET /info` document.
+#[derive(Debug, Message)]
+#[rtype(result = "Info")]
+pub struct GetInfo;

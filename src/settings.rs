@@ -1,0 +1,443 @@
+//! Node settings: one struct, read in layers and validated once at start.
+//!
+//! Layers, lowest first: the embedded `settings/default.toml`, the file named
+//! by `KEYDB_CONFIG`, then `KEYDB_*` environment variables (API.md, "Node
+//! configuration"). The `config` crate merges the layers; this module then
+//! parses every value itself so that each problem is reported with the
+//! variable's name, the value and what was expected. It never exits the
+//! process: the binary decides that.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat, Value, ValueKind};
+
+/// The embedded defaults.
+pub const DEFAULT_TOML: &str = include_str!("../settings/default.toml");
+
+/// Upper bounds that keep a typo from taking the node down.
+const MAX_TOTAL_HASH_RANGES: u32 = 65_536;
+const MAX_KEYS_PER_REQUEST: usize = 10_000_000;
+const MAX_BODY_BYTES: usize = 1 << 30;
+const MIN_BODY_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageBackend {
+    Fs,
+    S3,
+}
+
+/// Object store settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StorageSettings {
+    pub backend: StorageBackend,
+    /// Root folder of the `fs` store.
+    pub path: PathBuf,
+    pub bucket: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// S3-compatible endpoint URL, addressed path-style.
+    pub endpoint: Option<String>,
+    /// Key prefix inside the bucket or folder.
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for StorageSettings {
+    // Secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageSettings")
+            .field("backend", &self.backend)
+            .field("path", &self.path)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "***"))
+            .field("endpoint", &self.endpoint)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// Everything a node is configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// This node's index in `node_addresses`.
+    pub node_id: u32,
+    /// Every node, in order; bootstraps the cluster view.
+    pub node_addresses: Vec<String>,
+    pub port: u16,
+    pub bind: IpAddr,
+    /// Fixed for the cluster's life.
+    pub total_hash_ranges: u32,
+    /// Zero disables periodic snapshots.
+    pub snapshot_interval: Duration,
+    /// WAL and local checkpoints.
+    pub data_dir: PathBuf,
+    pub storage: StorageSettings,
+    pub max_keys_per_request: usize,
+    pub max_body_bytes: usize,
+}
+
+/// One bad setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub variable: String,
+    pub value: String,
+    pub expected: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid setting {}={:?}: expected {}", self.variable, self.value, self.expected)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// Every problem found, one per line when displayed.
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+    #[error("cannot read settings: {0}")]
+    Source(String),
+}
+
+/// Known keys (variable name without `KEYDB_`, lower case).
+const KEYS: &[&str] = &[
+    "node_id",
+    "node_addresses",
+    "cluster_size",
+    "port",
+    "bind",
+    "total_hash_ranges",
+    "snapshot_interval",
+    "data_dir",
+    "storage_backend",
+    "storage_path",
+    "storage_bucket",
+    "storage_region",
+    "storage_accesskeyid",
+    "storage_accesskey",
+    "storage_endpoint",
+    "storage_prefix",
+    "max_keys_per_request",
+    "max_body_bytes",
+];
+
+/// `KEYDB_*` variables that are not node settings and are left alone:
+/// `KEYDB_CONFIG` names the file, `KEYDB_ADDRESSES` is read by the CLI.
+const NOT_SETTINGS: &[&str] = &["config", "addresses"];
+
+impl Settings {
+    /// Reads the layers from this process's environment.
+    pub fn load() -> Result<Settings, SettingsError> {
+        Self::from_env(std::env::vars().collect())
+    }
+
+    /// Reads the layers with `env` standing in for the environment.
+    pub fn from_env(env: HashMap<String, String>) -> Result<Settings, SettingsError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = env.get("KEYDB_CONFIG").filter(|p| !p.is_empty()) {
+            builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
+        }
+        let env: HashMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("KEYDB_")).collect();
+        builder = builder.add_source(Environment::with_prefix("KEYDB").source(Some(env)));
+        let merged = builder
+            .build()
+            .and_then(|c| c.try_deserialize::<config::Map<String, Value>>())
+            .map_err(|e| SettingsError::Source(e.to_string()))?;
+        Self::from_values(merged)
+    }
+
+    fn from_values(values: config::Map<String, Value>) -> Result<Settings, SettingsError> {
+        let mut p = Parser { values, problems: Vec::new() };
+        for key in p.values.keys() {
+            if !KEYS.contains(&key.as_str()) && !NOT_SETTINGS.contains(&key.as_str()) {
+                p.problems.push(Problem {
+                    variable: var(key),
+                    value: String::new(),
+                    expected: "no such setting (see API.md, \"Node configuration\")".into(),
+                });
+            }
+        }
+        let node_id = p.parse("node_id", "an integer >= 0", |s| s.parse::<u32>().ok());
+        let node_addresses = p.parse(
+            "node_addresses",
+            "a JSON list or comma-separated list of distinct host:port addresses",
+            parse_addresses,
+        );
+        let cluster_size =
+            p.optional("cluster_size", "an integer >= 1", |s| s.parse::<u32>().ok().filter(|&n| n >= 1));
+        let port = p.parse("port", "an integer 1..=65535", |s| s.parse::<u16>().ok().filter(|&n| n >= 1));
+        let bind =
+            p.parse("bind", "an IP address such as 0.0.0.0 or 127.0.0.1", |s| s.parse::<IpAddr>().ok());
+        let total_hash_ranges =
+            p.parse("total_hash_ranges", &format!("an integer 1..={MAX_TOTAL_HASH_RANGES}"), |s| {
+                s.parse::<u32>().ok().filter(|&n| (1..=MAX_TOTAL_HASH_RANGES).contains(&n))
+            });
+        let snapshot_interval = p.parse("snapshot_interval", "a duration such as 60s, 5m or 0s", |s| {
+            humantime::parse_duration(s).ok()
+        });
+        let data_dir = p.optional("data_dir", "a path", non_empty).map(PathBuf::from);
+        let backend = p.optional("storage_backend", "fs or s3", |s| match s {
+            "fs" => Some(StorageBackend::Fs),
+            "s3" => Some(StorageBackend::S3),
+            _ => None,
+        });
+        let path = p.parse("storage_path", "a path", non_empty);
+        let bucket = p.optional("storage_bucket", "a bucket name", non_empty);
+        let region = p.parse("storage_region", "a region name", non_empty);
+        let access_key_id = p.optional("storage_accesskeyid", "a key id", non_empty);
+        let secret_access_key = p.optional("storage_accesskey", "a secret key", non_empty);
+        let endpoint = p.optional("storage_endpoint", "an http:// or https:// URL", |s| {
+            (s.starts_with("http://") || s.starts_with("https://")).then(|| s.to_string())
+        });
+        let prefix = p.optional("storage_prefix", "a key prefix", non_empty).unwrap_or_default();
+        let max_keys_per_request =
+            p.parse("max_keys_per_request", &format!("an integer 1..={MAX_KEYS_PER_REQUEST}"), |s| {
+                s.parse::<usize>().ok().filter(|&n| (1..=MAX_KEYS_PER_REQUEST).contains(&n))
+            });
+        let max_body_bytes =
+            p.parse("max_body_bytes", &format!("an integer {MIN_BODY_BYTES}..={MAX_BODY_BYTES}"), |s| {
+                s.parse::<usize>().ok().filter(|&n| (MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&n))
+            });
+
+        // Checks across settings, only once each part parsed.
+        if let (Some(id), Some(addresses)) = (node_id, &node_addresses) {
+            if id as usize >= addresses.len() {
+                p.problem("node_id", id, &format!("an index into the {} node addresses", addresses.len()));
+            }
+            if let Some(n) = cluster_size {
+                if n as usize != addresses.len() {
+                    p.problem(
+                        "cluster_size",
+                        n,
+                        &format!("the length of the address list ({})", addresses.len()),
+                    );
+                }
+            }
+            if let Some(r) = total_hash_ranges {
+                if addresses.len() > r as usize {
+                    p.problem(
+                        "total_hash_ranges",
+                        r,
+                        &format!("at least the number of nodes ({})", addresses.len()),
+                    );
+                }
+            }
+        }
+        let backend = match (backend, &bucket) {
+            (Some(b), _) => b,
+            (None, Some(_)) => StorageBackend::S3,
+            (None, None) => StorageBackend::Fs,
+        };
+        if backend == StorageBackend::S3 && bucket.is_none() {
+            p.problem("storage_bucket", "", "a bucket name when KEYDB_STORAGE_BACKEND is s3");
+        }
+        if !p.problems.is_empty() {
+            return Err(SettingsError::Invalid(p.problems));
+        }
+        // unwrap (all): a `None` above always recorded a problem, and there are none.
+        let node_id = node_id.unwrap();
+        Ok(Settings {
+            node_id,
+            node_addresses: node_addresses.unwrap(),
+            port: port.unwrap(),
+            bind: bind.unwrap(),
+            total_hash_ranges: total_hash_ranges.unwrap(),
+            snapshot_interval: snapshot_interval.unwrap(),
+            data_dir: data_dir.unwrap_or_else(|| PathBuf::from(format!("./keydb-data/node-{node_id}"))),
+            storage: StorageSettings {
+                backend,
+                path: PathBuf::from(path.unwrap()),
+                bucket,
+                region: region.unwrap(),
+                access_key_id,
+                secret_access_key,
+                endpoint,
+                prefix,
+            },
+            max_keys_per_request: max_keys_per_request.unwrap(),
+            max_body_bytes: max_body_bytes.unwrap(),
+        })
+    }
+}
+
+fn var(key: &str) -> String {
+    format!("KEYDB_{}", key.to_ascii_uppercase())
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// A `host:port` list, from a JSON list or a comma-separated string.
+fn parse_addresses(s: &str) -> Option<Vec<String>> {
+    let list: Vec<String> = if s.trim_start().starts_with('[') {
+        serde_json::from_str(s).ok()?
+    } else {
+        s.split(',').map(|a| a.trim().to_string()).collect()
+    };
+    let valid = |a: &String| match a.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.chars().any(|c| c.is_whitespace() || c == '/')
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    };
+    let mut seen = std::collections::HashSet::new();
+    (!list.is_empty() && list.iter().all(|a| valid(a) && seen.insert(a.clone()))).then_some(list)
+}
+
+struct Parser {
+    values: config::Map<String, Value>,
+    problems: Vec<Problem>,
+}
+
+impl Parser {
+    /// The raw text of a setting; lists (from TOML) are turned into JSON.
+    fn raw(&self, key: &str) -> Option<String> {
+        let value = self.values.get(key)?;
+        let text = match &value.kind {
+            ValueKind::Nil => return None,
+            ValueKind::Array(items) => {
+                let items: Vec<String> = items.iter().map(|v| v.to_string()).collect();
+                serde_json::to_string(&items).unwrap_or_default()
+            }
+            _ => value.to_string(),
+        };
+        Some(text)
+    }
+
+    fn problem(&mut self, key: &str, value: impl ToString, expected: &str) {
+        self.problems.push(Problem {
+            variable: var(key),
+            value: value.to_string(),
+            expected: expected.to_string(),
+        });
+    }
+
+    /// A setting that may be absent; present but invalid is a problem.
+    fn optional<T>(&mut self, key: &str, expected: &str, f: impl Fn(&str) -> Option<T>) -> Option<T> {
+        let raw = self.raw(key)?;
+        if raw.is_empty() {
+            return None;
+        }
+        let parsed = f(raw.trim());
+        if parsed.is_none() {
+            self.problem(key, raw, expected);
+        }
+        parsed
+    }
+
+    /// A setting that must be present (the defaults provide it).
+    fn parse<T>(&mut self, key: &str, expected: &str, f: impl Fn(&str) -> Option<T>) -> Option<T> {
+        let present = self.raw(key).is_some_and(|r| !r.is_empty());
+        let parsed = self.optional(key, expected, f);
+        if !present {
+            self.problem(key, "", expected);
+        }
+        parsed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn problems(pairs: &[(&str, &str)]) -> Vec<Problem> {
+        match Settings::from_env(env(pairs)) {
+            Err(SettingsError::Invalid(p)) => p,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::from_env(env(&[])).unwrap();
+        assert_eq!(s.node_id, 0);
+        assert_eq!(s.node_addresses, vec!["localhost:50051"]);
+        assert_eq!(s.port, 50051);
+        assert_eq!(s.total_hash_ranges, 128);
+        assert_eq!(s.snapshot_interval, Duration::from_secs(60));
+        assert_eq!(s.data_dir, PathBuf::from("./keydb-data/node-0"));
+        assert_eq!(s.storage.backend, StorageBackend::Fs);
+        assert_eq!(s.max_keys_per_request, 100_000);
+        assert_eq!(s.max_body_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn env_overrides_and_address_forms() {
+        let s = Settings::from_env(env(&[
+            ("KEYDB_NODE_ID", "2"),
+            ("KEYDB_NODE_ADDRESSES", "a:1, b:2,c:3"),
+            ("KEYDB_PORT", "6000"),
+            ("KEYDB_STORAGE_BUCKET", "bkt"),
+            ("UNRELATED", "x"),
+        ]))
+        .unwrap();
+        assert_eq!(s.node_id, 2);
+        assert_eq!(s.node_addresses, vec!["a:1", "b:2", "c:3"]);
+        assert_eq!(s.data_dir, PathBuf::from("./keydb-data/node-2"));
+        assert_eq!(s.storage.backend, StorageBackend::S3);
+        let s = Settings::from_env(env(&[("KEYDB_NODE_ADDRESSES", r#"["h:1","h:2"]"#)])).unwrap();
+        assert_eq!(s.node_addresses, vec!["h:1", "h:2"]);
+    }
+
+    #[test]
+    fn config_file_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(&path, "port = 7000\nnode_addresses = [\"x:1\", \"y:2\"]\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = Settings::from_env(env(&[("KEYDB_CONFIG", p)])).unwrap();
+        assert_eq!(s.port, 7000);
+        assert_eq!(s.node_addresses, vec!["x:1", "y:2"]);
+        let s = Settings::from_env(env(&[("KEYDB_CONFIG", p), ("KEYDB_PORT", "7001")])).unwrap();
+        assert_eq!(s.port, 7001, "env beats the file");
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let cases: &[(&str, &str)] = &[
+            ("KEYDB_NODE_ID", "x"),
+            ("KEYDB_NODE_ID", "5"),
+            ("KEYDB_NODE_ADDRESSES", "nope"),
+            ("KEYDB_NODE_ADDRESSES", "a:1,a:1"),
+            ("KEYDB_NODE_ADDRESSES", "[1,2"),
+            ("KEYDB_CLUSTER_SIZE", "3"),
+            ("KEYDB_PORT", "0"),
+            ("KEYDB_PORT", "70000"),
+            ("KEYDB_BIND", "here"),
+            ("KEYDB_TOTAL_HASH_RANGES", "0"),
+            ("KEYDB_SNAPSHOT_INTERVAL", "soon"),
+            ("KEYDB_STORAGE_BACKEND", "ftp"),
+            ("KEYDB_STORAGE_ENDPOINT", "garage:3900"),
+            ("KEYDB_MAX_KEYS_PER_REQUEST", "0"),
+            ("KEYDB_MAX_BODY_BYTES", "12"),
+            ("KEYDB_NO_SUCH_THING", "1"),
+        ];
+        for (k, v) in cases {
+            let p = problems(&[(k, v)]);
+            assert_eq!(p.len(), 1, "{k}={v}: {p:?}");
+            assert_eq!(&p[0].variable, k, "{k}={v}");
+        }
+        let p = problems(&[("KEYDB_STORAGE_BACKEND", "s3")]);
+        assert_eq!(p[0].variable, "KEYDB_STORAGE_BUCKET");
+        let p = problems(&[("KEYDB_PORT", "x"), ("KEYDB_BIND", "y")]);
+        assert_eq!(p.len(), 2, "all problems at once");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let s = Settings::from_env(env(&[("KEYDB_STORAGE_ACCESSKEY", "hunter2")])).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,421 @@
+//! The per-range table: fingerprint → max-expiry, with its expiry sweep.
+//!
+//! Pure data structure: it takes `now` as an argument and knows nothing of
+//! actors, I/O or wall-clock time, so it is tested with plain unit and
+//! property tests.
+//!
+//! # Layout
+//!
+//! An ordered linear-probing hash table over 16-byte slots (`Slot`): 64 + 32
+//! fingerprint bits and a 32-bit expiry (Unix seconds; 0 marks an empty slot).
+//! The 96 stored bits are the low 64 bits of the fingerprint and its top 32
+//! bits, which the range (`(fp >> 64) % R`) does not imply for any power-of-two
+//! `R` up to 2³²; DESIGN.md asks for at least 96 independent bits.
+//!
+//! A key's home slot is `(lo * home_slots) >> 64` ("fastrange"), which is
+//! monotone in `lo`, and every run of occupied slots is kept sorted by key.
+//! Together these keep the whole slot array sorted, which buys three things:
+//! - a lookup of an absent key stops at the first larger key, so misses cost
+//!   about as much as hits even at 80 % load;
+//! - any capacity works, not just powers of two, so the table grows by 25 %
+//!   and stays between 64 % and 80 % full: 20 to 25 bytes per key, with no
+//!   separate control bytes and no per-key expiry index;
+//! - rebuilding into another capacity is one sequential pass, and iteration
+//!   yields keys in fingerprint order.
+//!
+//! Expiry is checked on every read (`now < expiry`), and memory is reclaimed
+//! by [`RangeTable::sweep`], which visits a bounded number of slots per call
+//! with a cursor and shrinks the table when it gets sparse.
+
+use crate::fingerprint::Fingerprint;
+
+/// The part of a fingerprint a table stores (96 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TableKey {
+    /// Low 64 bits of the fingerprint; also the hash that picks the home slot.
+    pub lo: u64,
+    /// Top 32 bits of the fingerprint.
+    pub hi: u32,
+}
+
+impl From<Fingerprint> for TableKey {
+    fn from(fp: Fingerprint) -> Self {
+        TableKey { lo: fp.0 as u64, hi: (fp.0 >> 96) as u32 }
+    }
+}
+
+/// Absolute expiry in Unix seconds. A key exists iff `now < expiry`.
+pub type Expiry = u32;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Slot {
+    lo: u64,
+    hi: u32,
+    /// 0 = empty. A stored entry always has `expiry > 0`.
+    expiry: Expiry,
+}
+
+impl Slot {
+    fn new(key: TableKey, expiry: Expiry) -> Self {
+        Slot { lo: key.lo, hi: key.hi, expiry }
+    }
+
+    fn key(&self) -> TableKey {
+        TableKey { lo: self.lo, hi: self.hi }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 16);
+
+const MIN_HOME_SLOTS: usize = 16;
+
+/// A table of keys with their expiry. See the module docs for the layout.
+#[derive(Debug, Clone)]
+pub struct RangeTable {
+    /// Sorted by key among occupied slots; `len() >= home_slots`. Slots past
+    /// `home_slots` are overflow for runs that start near the end.
+    slots: Vec<Slot>,
+    /// Number of home positions the hash maps onto.
+    home_slots: usize,
+    /// Occupied slots, expired-but-unswept ones included.
+    len: usize,
+    /// Where the next sweep resumes.
+    sweep_cursor: usize,
+}
+
+impl Default for RangeTable {
+    fn default() -> Self {
+        Self::with_home_slots(MIN_HOME_SLOTS)
+    }
+}
+
+impl RangeTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_home_slots(home_slots: usize) -> Self {
+        let home_slots = home_slots.max(MIN_HOME_SLOTS);
+        RangeTable {
+            slots: vec![Slot::default(); home_slots + overflow_slots(home_slots)],
+            home_slots,
+            len: 0,
+            sweep_cursor: 0,
+        }
+    }
+
+    /// Entries held, including expired ones the sweep has not reached yet.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Heap bytes held by the table.
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+    }
+
+    fn home(&self, lo: u64) -> usize {
+        ((u128::from(lo) * self.home_slots as u128) >> 64) as usize
+    }
+
+    /// `Ok(index)` of the key, or `Err(index)` where it would be inserted.
+    fn find(&self, key: TableKey) -> Result<usize, usize> {
+        let mut i = self.home(key.lo);
+        while let Some(slot) = self.slots.get(i) {
+            if slot.expiry == 0 {
+                return Err(i);
+            }
+            match slot.key().cmp(&key) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Equal => return Ok(i),
+                std::cmp::Ordering::Greater => return Err(i),
+            }
+        }
+        Err(i)
+    }
+
+    /// Expiry of the key if it is stored (expired or not).
+    pub fn expiry(&self, key: TableKey) -> Option<Expiry> {
+        self.find(key).ok().map(|i| self.slots[i].expiry)
+    }
+
+    /// Does the key exist at `now`?
+    pub fn contains(&self, key: TableKey, now: u32) -> bool {
+        self.expiry(key).is_some_and(|e| now < e)
+    }
+
+    /// Sets `expiry = max(current, expiry)`; an `expiry` already past at
+    /// `now` is ignored. This is the one merge rule of KeyDB (puts, WAL
+    /// replay, snapshot loads). Returns true if the stored expiry changed.
+    pub fn merge(&mut self, key: TableKey, expiry: Expiry, now: u32) -> bool {
+        if expiry <= now {
+            return false;
+        }
+        match self.find(key) {
+            Ok(i) => {
+                let slot = &mut self.slots[i];
+                if slot.expiry < expiry {
+                    slot.expiry = expiry;
+                    true
+                } else {
+                    false
+                }
+            }
+            Err(i) => {
+                self.insert_at(i, Slot::new(key, expiry));
+                true
+            }
+        }
+    }
+
+    /// Deduplication: did the key exist at `now`? If not, store it with
+    /// `expiry` (an existing key keeps its expiry, like Redis `SET NX EX`).
+    pub fn claim(&mut self, key: TableKey, expiry: Expiry, now: u32) -> bool {
+        debug_assert!(expiry > now);
+        match self.find(key) {
+            Ok(i) if now < self.slots[i].expiry => true,
+            Ok(i) => {
+                // An expired entry: max-merge still holds, since expiry > now >= old.
+                self.slots[i].expiry = expiry;
+                false
+            }
+            Err(i) => {
+                self.insert_at(i, Slot::new(key, expiry));
+                false
+            }
+        }
+    }
+
+    fn insert_at(&mut self, mut i: usize, slot: Slot) {
+        if (self.len + 1) * 5 > self.home_slots * 4 {
+            self.rebuild((self.len + 1) * 25 / 16);
+            // unwrap_err: the key was absent before the rebuild.
+            i = self.find(slot.key()).unwrap_err();
+        }
+        let empty = match self.slots[i..].iter().position(|s| s.expiry == 0) {
+            Some(offset) => i + offset,
+            None => {
+                // The run reaches the end of the overflow area: extend it.
+                self.slots.reserve_exact(overflow_slots(self.home_slots));
+                self.slots.push(Slot::default());
+                self.slots.len() - 1
+            }
+        };
+        self.slots.copy_within(i..empty, i + 1);
+        self.slots[i] = slot;
+        self.len += 1;
+    }
+
+    fn remove_at(&mut self, i: usize) {
+        debug_assert!(self.slots[i].expiry != 0);
+        let mut hole = i;
+        let mut j = i + 1;
+        // Backward shift: pull the rest of the run left while its entries
+        // are not at their home slot. Sortedness makes this stop correctly.
+        while let Some(&next) = self.slots.get(j) {
+            if next.expiry == 0 || self.home(next.lo) > hole {
+                break;
+            }
+            self.slots[hole] = next;
+            hole = j;
+            j += 1;
+        }
+        self.slots[hole] = Slot::default();
+        self.len -= 1;
+    }
+
+    /// Moves every entry into a table with `home_slots` home positions.
+    fn rebuild(&mut self, home_slots: usize) {
+        let mut next = RangeTable::with_home_slots(home_slots);
+        let mut last: Option<usize> = None;
+        for slot in self.slots.iter().filter(|s| s.expiry != 0) {
+            let pos = match last {
+                Some(l) => next.home(slot.lo).max(l + 1),
+                None => next.home(slot.lo),
+            };
+            if pos >= next.slots.len() {
+                next.slots.push(Slot::default());
+            }
+            next.slots[pos] = *slot;
+            last = Some(pos);
+        }
+        next.len = self.len;
+        *self = next;
+    }
+
+    /// Visits up to `budget` slots from the sweep cursor, removing entries
+    /// expired at `now`, and shrinks the table once it is sparse. Returns the
+    /// number of entries removed. Call it often with a small budget: its cost
+    /// is proportional to `budget` (plus a rare shrink).
+    pub fn sweep(&mut self, now: u32, budget: usize) -> usize {
+        let mut removed = 0;
+        let mut visited = 0;
+        while visited < budget {
+            if self.sweep_cursor >= self.slots.len() {
+                self.sweep_cursor = 0;
+                if self.len * 5 < self.home_slots && self.home_slots > MIN_HOME_SLOTS {
+                    self.rebuild(self.len * 25 / 16);
+                }
+                break;
+            }
+            let slot = self.slots[self.sweep_cursor];
+            visited += 1;
+            if slot.expiry != 0 && slot.expiry <= now {
+                // The next entry may shift into this slot: look at it again.
+                self.remove_at(self.sweep_cursor);
+                removed += 1;
+            } else {
+                self.sweep_cursor += 1;
+            }
+        }
+        removed
+    }
+
+    /// Slots a full sweep pass visits.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Every stored entry (expired ones included), in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (TableKey, Expiry)> + '_ {
+        self.slots.iter().filter(|s| s.expiry != 0).map(|s| (s.key(), s.expiry))
+    }
+}
+
+fn overflow_slots(home_slots: usize) -> usize {
+    8 + home_slots / 256
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn key(n: u64) -> TableKey {
+        TableKey::from(Fingerprint::of(&n.to_le_bytes()))
+    }
+
+    impl RangeTable {
+        /// Every invariant the layout relies on.
+        fn check(&self) {
+            let occupied: Vec<(usize, &Slot)> =
+                self.slots.iter().enumerate().filter(|(_, s)| s.expiry != 0).collect();
+            assert_eq!(occupied.len(), self.len);
+            assert!(occupied.windows(2).all(|w| w[0].1.key() < w[1].1.key()), "not sorted");
+            for (pos, slot) in occupied {
+                let home = self.home(slot.lo);
+                assert!(home <= pos, "entry before its home");
+                assert!(self.slots[home..pos].iter().all(|s| s.expiry != 0), "gap in run");
+            }
+        }
+    }
+
+    #[test]
+    fn merge_is_max() {
+        let mut t = RangeTable::new();
+        assert!(t.merge(key(1), 100, 10));
+        assert!(!t.merge(key(1), 50, 10));
+        assert_eq!(t.expiry(key(1)), Some(100));
+        assert!(t.merge(key(1), 200, 10));
+        assert_eq!(t.expiry(key(1)), Some(200));
+        assert!(!t.merge(key(2), 10, 10), "already expired entries are not stored");
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn claim_semantics() {
+        let mut t = RangeTable::new();
+        assert!(!t.claim(key(1), 100, 10));
+        assert!(t.claim(key(1), 500, 20));
+        assert_eq!(t.expiry(key(1)), Some(100), "claim keeps an existing expiry");
+        assert!(!t.claim(key(1), 300, 100), "an expired key is claimable again");
+        assert_eq!(t.expiry(key(1)), Some(300));
+    }
+
+    #[test]
+    fn grows_shrinks_and_sweeps() {
+        let mut t = RangeTable::new();
+        for n in 0..100_000 {
+            t.merge(key(n), if n % 2 == 0 { 50 } else { 500 }, 1);
+        }
+        t.check();
+        assert_eq!(t.len(), 100_000);
+        let bytes = t.heap_bytes() as f64 / t.len() as f64;
+        assert!(bytes < 26.0, "{bytes} bytes per key");
+        let mut removed = 0;
+        while removed < 50_000 {
+            removed += t.sweep(100, 1000);
+        }
+        t.check();
+        assert_eq!(t.len(), 50_000);
+        for n in 0..100_000 {
+            assert_eq!(t.contains(key(n), 100), n % 2 == 1);
+        }
+        // Everything expires: a few full passes shrink the table back.
+        for _ in 0..1000 {
+            t.sweep(1000, 1000);
+        }
+        t.check();
+        assert!(t.is_empty());
+        assert!(t.heap_bytes() < 4096, "{} bytes left", t.heap_bytes());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Merge(u8, u32),
+        Claim(u8, u32),
+        Sweep(u16),
+        Tick(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (any::<u8>(), 1u32..50).prop_map(|(k, t)| Op::Merge(k, t)),
+            3 => (any::<u8>(), 1u32..50).prop_map(|(k, t)| Op::Claim(k, t)),
+            1 => (1u16..300).prop_map(Op::Sweep),
+            1 => (0u8..20).prop_map(Op::Tick),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// The table against a `HashMap` model, with time passed in.
+        #[test]
+        fn behaves_like_a_hashmap(ops in proptest::collection::vec(op(), 1..600)) {
+            let mut t = RangeTable::new();
+            let mut model: HashMap<u8, u32> = HashMap::new();
+            let mut now = 1000u32;
+            for op in ops {
+                match op {
+                    Op::Merge(k, ttl) => {
+                        t.merge(key(k.into()), now + ttl, now);
+                        let e = model.entry(k).or_insert(0);
+                        *e = (*e).max(now + ttl);
+                    }
+                    Op::Claim(k, ttl) => {
+                        let existed = model.get(&k).is_some_and(|&e| now < e);
+                        prop_assert_eq!(t.claim(key(k.into()), now + ttl, now), existed);
+                        if !existed {
+                            model.insert(k, now + ttl);
+                        }
+                    }
+                    Op::Sweep(budget) => {
+                        t.sweep(now, budget.into());
+                    }
+                    Op::Tick(dt) => now += u32::from(dt),
+                }
+                for k in 0..=255u8 {
+                    let want = model.get(&k).is_some_and(|&e| now < e);
+                    prop_assert_eq!(t.contains(key(k.into()), now), want, "key {}", k);
+                }
+            }
+            t.check();
+            prop_assert!(t.len() >= model.values().filter(|&&e| now < e).count());
+        }
+    }
+}
