@@ -1,0 +1,141 @@
+//! Every 400/413/415 case of API.md against a real node, and hostile bytes
+//! on the binary path. After each, the node still answers correctly.
+
+mod common;
+
+use common::{request, Node, Response};
+use serde_json::{json, Value};
+
+fn assert_error(r: &Response, status: u16, code: &str, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", String::from_utf8_lossy(&r.body));
+    let body = r.json();
+    assert_eq!(body["error"]["code"], code, "{what}: {body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: no message");
+}
+
+/// The node still works, and the bad request stored nothing.
+fn still_correct(node: &Node) {
+    assert_eq!(node.get(&["sentinel".into(), "never-stored".into()]), vec![true, false]);
+    let (_, info) = node.get_json("/info");
+    assert_eq!(info["keys_count"], 1, "a rejected request changed the data");
+}
+
+fn post(node: &Node, path: &str, content_type: &str, body: &[u8]) -> Response {
+    request(&node.addr, "POST", path, &[("Content-Type", content_type)], body)
+}
+
+#[test]
+fn every_bad_request_is_400_and_changes_nothing() {
+    let node = Node::start_with(common::free_port(), &[("KEYDB_MAX_KEYS_PER_REQUEST", "5")]);
+    node.put(&["sentinel".into()], 3600);
+    let long = "x".repeat(1025);
+    let max = "y".repeat(1024);
+    let cases: Vec<(&str, &str, Value)> = vec![
+        ("unknown field", "/put", json!({"keys": ["a"], "ttl_seconds": 5, "extra": 1})),
+        ("missing keys", "/put", json!({"ttl_seconds": 5})),
+        ("missing ttl", "/put", json!({"keys": ["a"]})),
+        ("missing ttl on claim", "/claim", json!({"keys": ["a"]})),
+        ("ttl on get", "/get", json!({"keys": ["a"], "ttl_seconds": 5})),
+        ("empty key", "/put", json!({"keys": ["a", ""], "ttl_seconds": 5})),
+        ("1025-byte key", "/put", json!({"keys": [long], "ttl_seconds": 5})),
+        ("1025-byte key on get", "/get", json!({"keys": [long]})),
+        ("too many keys", "/put", json!({"keys": ["a", "b", "c", "d", "e", "f"], "ttl_seconds": 5})),
+        (
+            "too many keys on claim",
+            "/claim",
+            json!({"keys": ["a", "b", "c", "d", "e", "f"], "ttl_seconds": 5}),
+        ),
+        ("ttl 0", "/put", json!({"keys": ["a"], "ttl_seconds": 0})),
+        ("ttl negative", "/put", json!({"keys": ["a"], "ttl_seconds": -5})),
+        ("ttl too large", "/put", json!({"keys": ["a"], "ttl_seconds": 315_360_001u64})),
+        ("ttl fractional", "/put", json!({"keys": ["a"], "ttl_seconds": 1.5})),
+        ("ttl string", "/claim", json!({"keys": ["a"], "ttl_seconds": "60"})),
+        ("ttl null", "/put", json!({"keys": ["a"], "ttl_seconds": null})),
+        ("keys not an array", "/get", json!({"keys": "a"})),
+        ("key not a string", "/get", json!({"keys": [1]})),
+        ("body not an object", "/get", json!(["a"])),
+    ];
+    for (what, path, body) in cases {
+        let r = post(&node, path, "application/json", body.to_string().as_bytes());
+        assert_error(&r, 400, "bad_request", what);
+        still_correct(&node);
+    }
+    let raw: Vec<(&str, &[u8])> = vec![
+        ("malformed JSON", b"{\"keys\": [\"a\""),
+        ("duplicate field", br#"{"keys": ["a"], "keys": ["b"]}"#),
+        ("trailing garbage", br#"{"keys": ["a"]} {}"#),
+        ("invalid UTF-8 in a key", b"{\"keys\": [\"\xff\xfe\"]}"),
+        ("empty body", b""),
+    ];
+    for (what, body) in raw {
+        assert_error(&post(&node, "/get", "application/json", body), 400, "bad_request", what);
+        still_correct(&node);
+    }
+    // The limits themselves are accepted.
+    node.put(std::slice::from_ref(&max), 5);
+    assert_eq!(node.get(&[max]), vec![true]);
+    let five: Vec<String> = (0..5).map(|i| format!("five-{i}")).collect();
+    assert_eq!(node.get(&five), vec![false; 5]);
+    let (status, _) = node.post("/put", &json!({"keys": ["ten-years"], "ttl_seconds": 315_360_000u64}));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn oversized_body_is_413_and_wrong_type_is_415() {
+    let node = Node::start_with(common::free_port(), &[("KEYDB_MAX_BODY_BYTES", "4096")]);
+    node.put(&["sentinel".into()], 3600);
+    let keys: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
+    let big = json!({"keys": keys, "ttl_seconds": 60}).to_string();
+    assert!(big.len() > 4096);
+    assert_error(&post(&node, "/put", "application/json", big.as_bytes()), 413, "payload_too_large", "413");
+    still_correct(&node);
+    // A chunked body past the limit, without a Content-Length.
+    let mut raw = b"POST /put HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+        Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .to_vec();
+    for chunk in big.as_bytes().chunks(1000) {
+        raw.extend(format!("{:x}\r\n", chunk.len()).into_bytes());
+        raw.extend_from_slice(chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let r = common::raw_request(&node.addr, &raw).unwrap();
+    assert_error(&r, 413, "payload_too_large", "chunked 413");
+    still_correct(&node);
+
+    for (what, ct) in
+        [("form", "application/x-www-form-urlencoded"), ("text", "text/plain"), ("xml", "application/xml")]
+    {
+        let r = post(&node, "/put", ct, br#"{"keys": ["a"], "ttl_seconds": 5}"#);
+        assert_error(&r, 415, "unsupported_media_type", what);
+    }
+    let r = request(&node.addr, "POST", "/get", &[], br#"{"keys": ["a"]}"#);
+    assert_error(&r, 415, "unsupported_media_type", "no content type");
+    // Parameters on the media type are fine.
+    let r = post(&node, "/get", "application/json; charset=utf-8", br#"{"keys": ["sentinel"]}"#);
+    assert_eq!(r.status, 200);
+    still_correct(&node);
+    assert_error(&request(&node.addr, "GET", "/nope", &[], b""), 404, "not_found", "unknown route");
+}
+
+#[test]
+fn random_bytes_on_the_binary_path() {
+    let node = Node::start();
+    node.put(&["sentinel".into()], 3600);
+    let mut seed = 42u64;
+    let mut next = move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) as u32
+    };
+    for i in 0..200 {
+        let len = (next() % 300) as usize;
+        let mut body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 2 == 0 && !body.is_empty() {
+            body[0] = keydb::wire::BINARY_VERSION; // get past the version check
+        }
+        let path = ["/put", "/get", "/claim"][i % 3];
+        let r = post(&node, path, "application/octet-stream", &body);
+        assert_error(&r, 400, "bad_request", &format!("random body #{i}"));
+    }
+    still_correct(&node);
+}
