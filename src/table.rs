@@ -51,17 +51,49 @@ pub type Expiry = u32;
 struct Slot {
     lo: u64,
     hi: u32,
-    /// 0 = empty. A stored entry always has `expiry > 0`.
-    expiry: Expiry,
+    /// 0 = empty. Otherwise bit 31 is the dirty bit (changed since the last
+    /// [`RangeTable::take_dirty`]) and bits 0..31 are the expiry in seconds
+    /// since [`STAMP_BASE`], at least 1.
+    stamp: u32,
+}
+
+/// Expiries are stored relative to 2020-01-01T00:00:00Z, which leaves 31 bits
+/// (until 2088) beside the dirty bit.
+pub const STAMP_BASE: u32 = 1_577_836_800;
+const DIRTY: u32 = 1 << 31;
+const STAMP_MASK: u32 = DIRTY - 1;
+/// Latest expiry a table can hold; later ones are clamped to it.
+pub const MAX_EXPIRY: Expiry = STAMP_BASE + STAMP_MASK;
+
+fn stamp(expiry: Expiry) -> u32 {
+    expiry.saturating_sub(STAMP_BASE).clamp(1, STAMP_MASK) | DIRTY
 }
 
 impl Slot {
     fn new(key: TableKey, expiry: Expiry) -> Self {
-        Slot { lo: key.lo, hi: key.hi, expiry }
+        Slot { lo: key.lo, hi: key.hi, stamp: stamp(expiry) }
     }
 
     fn key(&self) -> TableKey {
         TableKey { lo: self.lo, hi: self.hi }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.stamp == 0
+    }
+
+    fn expiry(&self) -> Expiry {
+        debug_assert!(!self.is_empty());
+        STAMP_BASE + (self.stamp & STAMP_MASK)
+    }
+
+    fn is_dirty(&self) -> bool {
+        self.stamp & DIRTY != 0
+    }
+
+    /// Sets a new expiry and marks the slot dirty.
+    fn set_expiry(&mut self, expiry: Expiry) {
+        self.stamp = stamp(expiry);
     }
 }
 
@@ -126,7 +158,7 @@ impl RangeTable {
     fn find(&self, key: TableKey) -> Result<usize, usize> {
         let mut i = self.home(key.lo);
         while let Some(slot) = self.slots.get(i) {
-            if slot.expiry == 0 {
+            if slot.is_empty() {
                 return Err(i);
             }
             match slot.key().cmp(&key) {
@@ -140,7 +172,7 @@ impl RangeTable {
 
     /// Expiry of the key if it is stored (expired or not).
     pub fn expiry(&self, key: TableKey) -> Option<Expiry> {
-        self.find(key).ok().map(|i| self.slots[i].expiry)
+        self.find(key).ok().map(|i| self.slots[i].expiry())
     }
 
     /// Does the key exist at `now`?
@@ -158,8 +190,8 @@ impl RangeTable {
         match self.find(key) {
             Ok(i) => {
                 let slot = &mut self.slots[i];
-                if slot.expiry < expiry {
-                    slot.expiry = expiry;
+                if slot.expiry() < expiry.min(MAX_EXPIRY) {
+                    slot.set_expiry(expiry);
                     true
                 } else {
                     false
@@ -177,10 +209,10 @@ impl RangeTable {
     pub fn claim(&mut self, key: TableKey, expiry: Expiry, now: u32) -> bool {
         debug_assert!(expiry > now);
         match self.find(key) {
-            Ok(i) if now < self.slots[i].expiry => true,
+            Ok(i) if now < self.slots[i].expiry() => true,
             Ok(i) => {
                 // An expired entry: max-merge still holds, since expiry > now >= old.
-                self.slots[i].expiry = expiry;
+                self.slots[i].set_expiry(expiry);
                 false
             }
             Err(i) => {
@@ -196,7 +228,7 @@ impl RangeTable {
             // unwrap_err: the key was absent before the rebuild.
             i = self.find(slot.key()).unwrap_err();
         }
-        let empty = match self.slots[i..].iter().position(|s| s.expiry == 0) {
+        let empty = match self.slots[i..].iter().position(|s| s.is_empty()) {
             Some(offset) => i + offset,
             None => {
                 // The run reaches the end of the overflow area: extend it.
@@ -211,13 +243,13 @@ impl RangeTable {
     }
 
     fn remove_at(&mut self, i: usize) {
-        debug_assert!(self.slots[i].expiry != 0);
+        debug_assert!(!self.slots[i].is_empty());
         let mut hole = i;
         let mut j = i + 1;
         // Backward shift: pull the rest of the run left while its entries
         // are not at their home slot. Sortedness makes this stop correctly.
         while let Some(&next) = self.slots.get(j) {
-            if next.expiry == 0 || self.home(next.lo) > hole {
+            if next.is_empty() || self.home(next.lo) > hole {
                 break;
             }
             self.slots[hole] = next;
@@ -232,7 +264,7 @@ impl RangeTable {
     fn rebuild(&mut self, home_slots: usize) {
         let mut next = RangeTable::with_home_slots(home_slots);
         let mut last: Option<usize> = None;
-        for slot in self.slots.iter().filter(|s| s.expiry != 0) {
+        for slot in self.slots.iter().filter(|s| !s.is_empty()) {
             let pos = match last {
                 Some(l) => next.home(slot.lo).max(l + 1),
                 None => next.home(slot.lo),
@@ -264,7 +296,7 @@ impl RangeTable {
             }
             let slot = self.slots[self.sweep_cursor];
             visited += 1;
-            if slot.expiry != 0 && slot.expiry <= now {
+            if !slot.is_empty() && slot.expiry() <= now {
                 // The next entry may shift into this slot: look at it again.
                 self.remove_at(self.sweep_cursor);
                 removed += 1;
@@ -282,7 +314,34 @@ impl RangeTable {
 
     /// Every stored entry (expired ones included), in key order.
     pub fn iter(&self) -> impl Iterator<Item = (TableKey, Expiry)> + '_ {
-        self.slots.iter().filter(|s| s.expiry != 0).map(|s| (s.key(), s.expiry))
+        self.slots.iter().filter(|s| !s.is_empty()).map(|s| (s.key(), s.expiry()))
+    }
+
+    /// Entries changed since the previous call (or since they were inserted),
+    /// in key order; their dirty bits are cleared. This is what an
+    /// incremental snapshot writes. Entries expired at `now` are left out.
+    pub fn take_dirty(&mut self, now: u32) -> Vec<(TableKey, Expiry)> {
+        let mut out = Vec::new();
+        for slot in self.slots.iter_mut().filter(|s| s.is_dirty()) {
+            slot.stamp &= !DIRTY;
+            if now < slot.expiry() {
+                out.push((slot.key(), slot.expiry()));
+            }
+        }
+        out
+    }
+
+    /// Every entry unexpired at `now`, in key order, and clears every dirty
+    /// bit: what a full snapshot writes.
+    pub fn take_all(&mut self, now: u32) -> Vec<(TableKey, Expiry)> {
+        let mut out = Vec::with_capacity(self.len);
+        for slot in self.slots.iter_mut().filter(|s| !s.is_empty()) {
+            slot.stamp &= !DIRTY;
+            if now < slot.expiry() {
+                out.push((slot.key(), slot.expiry()));
+            }
+        }
+        out
     }
 }
 
@@ -304,44 +363,76 @@ mod tests {
         /// Every invariant the layout relies on.
         fn check(&self) {
             let occupied: Vec<(usize, &Slot)> =
-                self.slots.iter().enumerate().filter(|(_, s)| s.expiry != 0).collect();
+                self.slots.iter().enumerate().filter(|(_, s)| !s.is_empty()).collect();
             assert_eq!(occupied.len(), self.len);
             assert!(occupied.windows(2).all(|w| w[0].1.key() < w[1].1.key()), "not sorted");
             for (pos, slot) in occupied {
                 let home = self.home(slot.lo);
                 assert!(home <= pos, "entry before its home");
-                assert!(self.slots[home..pos].iter().all(|s| s.expiry != 0), "gap in run");
+                assert!(self.slots[home..pos].iter().all(|s| !s.is_empty()), "gap in run");
             }
         }
     }
 
+    /// A realistic "now": stamps are relative to 2020.
+    const T: u32 = 1_800_000_000;
+
     #[test]
     fn merge_is_max() {
         let mut t = RangeTable::new();
-        assert!(t.merge(key(1), 100, 10));
-        assert!(!t.merge(key(1), 50, 10));
-        assert_eq!(t.expiry(key(1)), Some(100));
-        assert!(t.merge(key(1), 200, 10));
-        assert_eq!(t.expiry(key(1)), Some(200));
-        assert!(!t.merge(key(2), 10, 10), "already expired entries are not stored");
+        assert!(t.merge(key(1), T + 100, T + 10));
+        assert!(!t.merge(key(1), T + 50, T + 10));
+        assert_eq!(t.expiry(key(1)), Some(T + 100));
+        assert!(t.merge(key(1), T + 200, T + 10));
+        assert_eq!(t.expiry(key(1)), Some(T + 200));
+        assert!(!t.merge(key(2), T + 10, T + 10), "already expired entries are not stored");
         assert_eq!(t.len(), 1);
+        // Expiries past what a stamp holds are clamped, and still merge as max.
+        assert!(t.merge(key(3), u32::MAX, T));
+        assert_eq!(t.expiry(key(3)), Some(MAX_EXPIRY));
+        assert!(!t.merge(key(3), u32::MAX, T));
     }
 
     #[test]
     fn claim_semantics() {
         let mut t = RangeTable::new();
-        assert!(!t.claim(key(1), 100, 10));
-        assert!(t.claim(key(1), 500, 20));
-        assert_eq!(t.expiry(key(1)), Some(100), "claim keeps an existing expiry");
-        assert!(!t.claim(key(1), 300, 100), "an expired key is claimable again");
-        assert_eq!(t.expiry(key(1)), Some(300));
+        assert!(!t.claim(key(1), T + 100, T + 10));
+        assert!(t.claim(key(1), T + 500, T + 20));
+        assert_eq!(t.expiry(key(1)), Some(T + 100), "claim keeps an existing expiry");
+        assert!(!t.claim(key(1), T + 300, T + 100), "an expired key is claimable again");
+        assert_eq!(t.expiry(key(1)), Some(T + 300));
+    }
+
+    #[test]
+    fn dirty_tracking() {
+        let mut t = RangeTable::new();
+        for n in 0..100 {
+            t.merge(key(n), T + 100, T);
+        }
+        assert_eq!(t.take_dirty(T).len(), 100);
+        assert!(t.take_dirty(T).is_empty());
+        t.merge(key(5), T + 50, T); // no change: not dirty
+        t.merge(key(6), T + 200, T);
+        t.claim(key(7), T + 300, T); // existed: not dirty
+        t.claim(key(1000), T + 300, T);
+        let dirty = t.take_dirty(T);
+        let mut want = vec![(key(6), T + 200), (key(1000), T + 300)];
+        want.sort();
+        assert_eq!(dirty, want);
+        // Dirty bits survive growth and shifting.
+        for n in 2000..30_000 {
+            t.merge(key(n), T + 100, T);
+        }
+        assert_eq!(t.take_dirty(T).len(), 28_000);
+        assert_eq!(t.take_all(T).len(), 28_101);
+        assert!(t.take_dirty(T).is_empty());
     }
 
     #[test]
     fn grows_shrinks_and_sweeps() {
         let mut t = RangeTable::new();
         for n in 0..100_000 {
-            t.merge(key(n), if n % 2 == 0 { 50 } else { 500 }, 1);
+            t.merge(key(n), if n % 2 == 0 { T + 50 } else { T + 500 }, T);
         }
         t.check();
         assert_eq!(t.len(), 100_000);
@@ -349,16 +440,16 @@ mod tests {
         assert!(bytes < 26.0, "{bytes} bytes per key");
         let mut removed = 0;
         while removed < 50_000 {
-            removed += t.sweep(100, 1000);
+            removed += t.sweep(T + 100, 1000);
         }
         t.check();
         assert_eq!(t.len(), 50_000);
         for n in 0..100_000 {
-            assert_eq!(t.contains(key(n), 100), n % 2 == 1);
+            assert_eq!(t.contains(key(n), T + 100), n % 2 == 1);
         }
         // Everything expires: a few full passes shrink the table back.
         for _ in 0..1000 {
-            t.sweep(1000, 1000);
+            t.sweep(T + 1000, 1000);
         }
         t.check();
         assert!(t.is_empty());
@@ -371,6 +462,7 @@ mod tests {
         Claim(u8, u32),
         Sweep(u16),
         Tick(u8),
+        TakeDirty,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -379,6 +471,7 @@ mod tests {
             3 => (any::<u8>(), 1u32..50).prop_map(|(k, t)| Op::Claim(k, t)),
             1 => (1u16..300).prop_map(Op::Sweep),
             1 => (0u8..20).prop_map(Op::Tick),
+            1 => Just(Op::TakeDirty),
         ]
     }
 
@@ -389,25 +482,42 @@ mod tests {
         fn behaves_like_a_hashmap(ops in proptest::collection::vec(op(), 1..600)) {
             let mut t = RangeTable::new();
             let mut model: HashMap<u8, u32> = HashMap::new();
-            let mut now = 1000u32;
+            // Keys whose expiry changed since the last TakeDirty.
+            let mut changed: std::collections::BTreeSet<u8> = Default::default();
+            let mut now = T;
             for op in ops {
                 match op {
                     Op::Merge(k, ttl) => {
                         t.merge(key(k.into()), now + ttl, now);
                         let e = model.entry(k).or_insert(0);
-                        *e = (*e).max(now + ttl);
+                        if *e < now + ttl {
+                            *e = now + ttl;
+                            changed.insert(k);
+                        }
                     }
                     Op::Claim(k, ttl) => {
                         let existed = model.get(&k).is_some_and(|&e| now < e);
                         prop_assert_eq!(t.claim(key(k.into()), now + ttl, now), existed);
                         if !existed {
                             model.insert(k, now + ttl);
+                            changed.insert(k);
                         }
                     }
                     Op::Sweep(budget) => {
                         t.sweep(now, budget.into());
                     }
                     Op::Tick(dt) => now += u32::from(dt),
+                    Op::TakeDirty => {
+                        let mut got: Vec<(TableKey, u32)> = t.take_dirty(now);
+                        let mut want: Vec<(TableKey, u32)> = std::mem::take(&mut changed)
+                            .into_iter()
+                            .filter(|k| now < model[k])
+                            .map(|k| (key(k.into()), model[&k]))
+                            .collect();
+                        got.sort();
+                        want.sort();
+                        prop_assert_eq!(got, want);
+                    }
                 }
                 for k in 0..=255u8 {
                     let want = model.get(&k).is_some_and(|&e| now < e);
