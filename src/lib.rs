@@ -7,6 +7,7 @@
 //! - [`view`]: the cluster view (epoch, addresses, owners).
 //! - [`table`]: one range's keys and expiries, with the incremental sweep.
 //! - [`clock`]: wall-clock seconds for expiry arithmetic.
+//! - [`segment`]: snapshot segment and manifest formats.
 //! - [`settings`]: node settings (file < `KEYDB_CONFIG` < env) and validation.
 //! - [`wire`]: request/response bodies, JSON and the binary fast path.
 //! - [`messages`]: one struct per request between actors.
@@ -21,6 +22,7 @@ pub mod fingerprint;
 pub mod http;
 pub mod messages;
 pub mod server;
+pub mod segment;
 pub mod settings;
 pub mod table;
 pub mod view;
