@@ -5,10 +5,12 @@
 //! - [`fingerprint`]: key → 128-bit fingerprint → hash range.
 //! - [`assignment`]: range → node, balanced and with minimal movement.
 //! - [`view`]: the cluster view (epoch, addresses, owners).
+//! - [`store`]: object store backends (`fs`, `s3`).
 //! - [`table`]: one range's keys and expiries, with the incremental sweep.
 //! - [`clock`]: wall-clock seconds for expiry arithmetic.
 //! - [`segment`]: snapshot segment and manifest formats.
 //! - [`settings`]: node settings (file < `KEYDB_CONFIG` < env) and validation.
+//! - [`wal`]: the write-ahead log with group commit, and its replay.
 //! - [`wire`]: request/response bodies, JSON and the binary fast path.
 //! - [`messages`]: one struct per request between actors.
 //! - [`actors`]: `RangeActor` (one per range) and `RouterActor`.
@@ -21,9 +23,11 @@ pub mod clock;
 pub mod fingerprint;
 pub mod http;
 pub mod messages;
-pub mod server;
 pub mod segment;
+pub mod server;
 pub mod settings;
+pub mod store;
 pub mod table;
 pub mod view;
+pub mod wal;
 pub mod wire;

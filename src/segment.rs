@@ -122,15 +122,14 @@ impl Segment {
         if decoded_len > MAX_DECODED_BYTES as u64 {
             return Err(bad(format!("announces {decoded_len} bytes")));
         }
-        let raw = zstd::bulk::decompress(compressed, decoded_len as usize).map_err(|e| bad(format!("zstd: {e}")))?;
+        let raw = zstd::bulk::decompress(compressed, decoded_len as usize)
+            .map_err(|e| bad(format!("zstd: {e}")))?;
         if raw.len() as u64 != decoded_len {
             return Err(bad(format!("{} bytes decoded, {decoded_len} announced", raw.len())));
         }
-        let (body, used): (SegmentBody, usize) = bincode::decode_from_slice(
-            &raw,
-            bincode_config().with_limit::<MAX_DECODED_BYTES>(),
-        )
-        .map_err(|e| bad(format!("bincode: {e}")))?;
+        let (body, used): (SegmentBody, usize) =
+            bincode::decode_from_slice(&raw, bincode_config().with_limit::<MAX_DECODED_BYTES>())
+                .map_err(|e| bad(format!("bincode: {e}")))?;
         if used != raw.len() {
             return Err(bad("trailing bytes".into()));
         }
@@ -194,7 +193,14 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn empty(range: u32, total_hash_ranges: u32) -> Self {
-        Manifest { version: 1, range, total_hash_ranges, segments: Vec::new(), last_snapshot: 0, handoff: None }
+        Manifest {
+            version: 1,
+            range,
+            total_hash_ranges,
+            segments: Vec::new(),
+            last_snapshot: 0,
+            handoff: None,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -223,7 +229,9 @@ mod tests {
             total_hash_ranges: 128,
             kind: SegmentKind::Incremental,
             created: 1_800_000_000,
-            entries: (0..n).map(|i| (TableKey { lo: i * 7919, hi: i as u32 }, 1_800_000_000 + i as u32)).collect(),
+            entries: (0..n)
+                .map(|i| (TableKey { lo: i * 7919, hi: i as u32 }, 1_800_000_000 + i as u32))
+                .collect(),
         }
     }
 
