@@ -12,3 +12,8 @@ pub fn now_secs() -> u32 {
         .map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32)
         .unwrap_or(0)
 }
+
+/// Milliseconds since the Unix epoch, for unique object names.
+pub fn now_millis() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+}

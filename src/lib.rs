@@ -8,6 +8,7 @@
 //! - [`store`]: object store backends (`fs`, `s3`).
 //! - [`table`]: one range's keys and expiries, with the incremental sweep.
 //! - [`clock`]: wall-clock seconds for expiry arithmetic.
+//! - [`restore`]: local state on disk (checkpoints, `local.json`) and restoring ranges.
 //! - [`segment`]: snapshot segment and manifest formats.
 //! - [`settings`]: node settings (file < `KEYDB_CONFIG` < env) and validation.
 //! - [`wal`]: the write-ahead log with group commit, and its replay.
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod fingerprint;
 pub mod http;
 pub mod messages;
+pub mod restore;
 pub mod segment;
 pub mod server;
 pub mod settings;

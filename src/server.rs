@@ -1,16 +1,49 @@
-//! Starts a node: the range actors (spread over one arbiter per core), the
-//! router, then the HTTP server. Actors are started once, here, before
-//! `HttpServer::new`, and shared with every worker through `web::Data`.
+//! Starts a node: resolves the cluster view from the object store, starts
+//! the range actors (spread over one arbiter per core), the router and the
+//! snapshot actor, then the HTTP server, and restores the ranges in the
+//! background (they answer 503 until then). Actors are started once, here,
+//! before `HttpServer::new`, and shared with every worker via `web::Data`.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use actix::{Actor, Arbiter};
+use actix::{Actor, Addr, Arbiter};
 use actix_web::{web, App, HttpServer};
+use futures_util::stream::{self, StreamExt};
 
-use crate::actors::{RangeActor, RouterActor};
+use crate::actors::{RangeActor, RouterActor, SnapshotActor};
+use crate::clock;
 use crate::http::{self, AppState};
+use crate::messages::{AllRestored, RangesRestored, Restore};
+use crate::restore::{self, LocalState};
 use crate::settings::Settings;
+use crate::store::ObjectStore;
+use crate::table::RangeTable;
 use crate::view::{ClusterState, ClusterView, ViewWire};
+use crate::wal::Wal;
+
+/// The object store key of the authoritative cluster view.
+pub const VIEW_KEY: &str = "cluster.json";
+/// Ranges restored from the object store at once.
+const PARALLEL_RESTORES: usize = 8;
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// The WAL once opened, with its writer thread, for the shutdown to flush.
+type WalSlot = Arc<Mutex<Option<(Wal, std::thread::JoinHandle<()>)>>>;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The settings contradict the cluster: fix them (exit code 2).
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// The view a cluster starts from when none is stored yet.
 pub fn bootstrap_view(settings: &Settings) -> ClusterView {
@@ -23,44 +56,270 @@ pub fn bootstrap_view(settings: &Settings) -> ClusterView {
 }
 
 /// Runs a node until the HTTP server stops (SIGINT or SIGTERM).
-pub async fn run(settings: Settings) -> std::io::Result<()> {
+pub async fn run(settings: Settings) -> Result<(), StartError> {
     let listener = TcpListener::bind((settings.bind, settings.port))?;
     run_on(settings, listener).await
 }
 
 /// Like [`run`], on a listener the caller already bound.
-pub async fn run_on(settings: Settings, listener: TcpListener) -> std::io::Result<()> {
+pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), StartError> {
+    let store = ObjectStore::from_settings(&settings.storage)
+        .await
+        .map_err(|e| StartError::Config(format!("cannot set up the object store: {e}")))?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|e| StartError::Config(format!("KEYDB_DATA_DIR={}: {e}", settings.data_dir.display())))?;
+    let view = resolve_view(&store, &settings).await?;
+    let total = view.total_hash_ranges();
+    let owned = view.ranges_of(settings.node_id);
+    log::info!(
+        "object store {}; epoch {} with {} nodes; this node owns {} of {total} ranges",
+        store.describe(),
+        view.epoch(),
+        view.addresses().len(),
+        owned.len()
+    );
+
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let view = bootstrap_view(&settings);
     // Kept alive for the life of the server; each runs range actors.
     let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
-    let mut ranges = vec![None; settings.total_hash_ranges as usize];
-    for (i, range) in view.ranges_of(settings.node_id).into_iter().enumerate() {
+    let mut ranges = vec![None; total as usize];
+    let mut range_addrs = Vec::new();
+    for (i, &range) in owned.iter().enumerate() {
         let arbiter = &arbiters[i % arbiters.len()];
-        ranges[range as usize] =
-            Some(RangeActor::start_in_arbiter(&arbiter.handle(), move |_| RangeActor::new(range)));
+        let addr = RangeActor::start_in_arbiter(&arbiter.handle(), move |_| RangeActor::new(range));
+        ranges[range as usize] = Some(addr.clone());
+        range_addrs.push((range, addr));
     }
-    let served = ranges.iter().flatten().count();
-    let router = RouterActor::new(settings.node_id, view.clone(), ranges).start();
+    let last_snapshot = Arc::new(AtomicU64::new(0));
+    let router = RouterActor::new(settings.node_id, view.clone(), ranges, last_snapshot.clone()).start();
+    let snapshots = SnapshotActor::new(&settings, store.clone(), range_addrs.clone(), last_snapshot).start();
+
+    let wal_slot: WalSlot = Arc::default();
+    actix_web::rt::spawn(restore_ranges(Restorer {
+        data_dir: settings.data_dir.clone(),
+        total_hash_ranges: total,
+        store,
+        ranges: range_addrs,
+        router: router.clone(),
+        snapshots: snapshots.clone(),
+        wal_slot: wal_slot.clone(),
+    }));
+
     let state = web::Data::new(AppState {
         router,
+        snapshots,
+        node_id: settings.node_id,
         max_keys_per_request: settings.max_keys_per_request,
         max_body_bytes: settings.max_body_bytes,
     });
-    log::info!(
-        "serving {served} of {} ranges, epoch {}, on {}",
-        view.total_hash_ranges(),
-        view.epoch(),
-        listener.local_addr()?
-    );
+    log::info!("listening on {}", listener.local_addr()?);
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::configure))
         .workers(cores)
         .listen(listener)?
         .run();
     let result = server.await;
+    // In-flight requests are finished: flush and close the WAL.
+    let wal = wal_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some((wal, handle)) = wal {
+        wal.stop();
+        let _ = handle.join();
+    }
     for arbiter in arbiters {
         arbiter.stop();
     }
     log::info!("stopped");
-    result
+    Ok(result?)
+}
+
+fn view_cache(data_dir: &Path) -> PathBuf {
+    data_dir.join("view.json")
+}
+
+/// Reads the cluster view from the object store, or writes the bootstrap
+/// view there if the cluster has none. While the store is unreachable, a
+/// view cached on local disk is used if there is one; otherwise it retries.
+async fn resolve_view(store: &ObjectStore, settings: &Settings) -> Result<ClusterView, StartError> {
+    let mut delay = Duration::from_millis(250);
+    let wire = loop {
+        match store.get(VIEW_KEY).await {
+            Ok(Some(bytes)) => {
+                break serde_json::from_slice::<ViewWire>(&bytes).map_err(|e| {
+                    StartError::Config(format!("{VIEW_KEY} in {} is corrupt: {e}", store.describe()))
+                })?;
+            }
+            Ok(None) => {
+                let view = bootstrap_view(settings).wire().clone();
+                // unwrap: a view always serializes.
+                match store.put(VIEW_KEY, serde_json::to_vec_pretty(&view).unwrap()).await {
+                    Ok(()) => {
+                        log::info!("no cluster view in {}: bootstrapped epoch 1", store.describe());
+                        break view;
+                    }
+                    Err(e) => log::warn!("cannot write the bootstrap view (retrying in {delay:?}): {e}"),
+                }
+            }
+            Err(e) => {
+                if let Some(cached) = std::fs::read(view_cache(&settings.data_dir))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                {
+                    log::warn!("object store unreachable ({e}); using the view cached on disk");
+                    break cached;
+                }
+                log::warn!("object store unreachable (retrying in {delay:?}): {e}");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    };
+    if wire.total_hash_ranges != settings.total_hash_ranges {
+        return Err(StartError::Config(format!(
+            "invalid setting KEYDB_TOTAL_HASH_RANGES={:?}: expected {}, the cluster's value in {} (fixed for its life)",
+            settings.total_hash_ranges.to_string(),
+            wire.total_hash_ranges,
+            store.describe()
+        )));
+    }
+    if wire.addresses.is_empty() || wire.total_hash_ranges == 0 {
+        return Err(StartError::Config(format!("{VIEW_KEY} in {} is invalid: {wire:?}", store.describe())));
+    }
+    if wire.addresses != settings.node_addresses {
+        log::info!("the stored view (epoch {}) overrides KEYDB_NODE_ADDRESSES", wire.epoch);
+    }
+    // unwrap: a view always serializes.
+    if let Err(e) =
+        restore::write_atomically(&view_cache(&settings.data_dir), &serde_json::to_vec(&wire).unwrap())
+    {
+        log::warn!("cannot cache the view on disk: {e}");
+    }
+    Ok(ClusterView::new(wire))
+}
+
+struct Restorer {
+    data_dir: PathBuf,
+    total_hash_ranges: u32,
+    store: ObjectStore,
+    ranges: Vec<(u32, Addr<RangeActor>)>,
+    router: Addr<RouterActor>,
+    snapshots: Addr<SnapshotActor>,
+    wal_slot: WalSlot,
+}
+
+/// Restores every owned range: from the disk for the ranges `local.json`
+/// lists, from the object store merged with the disk for the others. A
+/// range serves as soon as it is restored. Problems are logged and retried;
+/// the ranges concerned keep answering 503, never a wrong answer.
+async fn restore_ranges(r: Restorer) {
+    let started = std::time::Instant::now();
+    let owned: Vec<u32> = r.ranges.iter().map(|(range, _)| *range).collect();
+    let mut delay = Duration::from_secs(1);
+    let (local, complete) = loop {
+        let dir = r.data_dir.clone();
+        let total = r.total_hash_ranges;
+        let owned = owned.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let state = LocalState::read(&dir)?;
+            let local = restore::load_local(&dir, total, &owned, clock::now_secs())?;
+            Ok::<_, restore::RestoreError>((local, state))
+        })
+        .await;
+        match result {
+            Ok(Ok((local, state))) => {
+                let complete: BTreeSet<u32> = state
+                    .filter(|s| s.total_hash_ranges == r.total_hash_ranges)
+                    .map(|s| s.ranges)
+                    .unwrap_or_default();
+                break (local, complete);
+            }
+            Ok(Err(e)) => log::error!("cannot read local state (retrying in {delay:?}): {e}"),
+            Err(e) => log::error!("local restore task failed (retrying in {delay:?}): {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    };
+    let (wal, handle) = loop {
+        match Wal::open(&restore::wal_dir(&r.data_dir), local.next_seq) {
+            Ok(w) => break w,
+            Err(e) => log::error!("cannot open the WAL (retrying in {delay:?}): {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    };
+    *r.wal_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((wal.clone(), handle));
+    log::info!("replayed {} WAL entries in {:?}", local.keys_replayed, started.elapsed());
+
+    let mut tables: HashMap<u32, RangeTable> = local.tables;
+    let mut from_disk = Vec::new();
+    let mut from_store = Vec::new();
+    for (range, addr) in &r.ranges {
+        let table = tables.remove(range).unwrap_or_default();
+        if complete.contains(range) {
+            // The object store may lack what the WAL had: snapshot in full next.
+            addr.do_send(Restore { table, wal: wal.clone(), force_full: true });
+            from_disk.push(*range);
+        } else {
+            from_store.push((*range, addr.clone(), table));
+        }
+    }
+    // do_send: these actors were just started and their mailboxes are empty.
+    if !from_disk.is_empty() {
+        r.router.do_send(RangesRestored { ranges: from_disk.clone(), wal: wal.clone() });
+    }
+    let store_count = from_store.len();
+    stream::iter(from_store)
+        .for_each_concurrent(PARALLEL_RESTORES, |(range, addr, table)| {
+            let (store, router, wal) = (r.store.clone(), r.router.clone(), wal.clone());
+            async move {
+                let on_disk = !table.is_empty();
+                let table = restore_from_store(&store, range, r.total_hash_ranges, table).await;
+                let _ = addr.send(Restore { table, wal: wal.clone(), force_full: on_disk }).await;
+                let _ = router.send(RangesRestored { ranges: vec![range], wal }).await;
+            }
+        })
+        .await;
+    let state =
+        LocalState { total_hash_ranges: r.total_hash_ranges, ranges: owned.iter().copied().collect() };
+    if let Err(e) = tokio::task::spawn_blocking({
+        let dir = r.data_dir.clone();
+        move || state.write(&dir)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        log::warn!("cannot record local state (the next start reads the object store again): {e}");
+    }
+    let _ = r.snapshots.send(AllRestored { wal }).await;
+    log::info!(
+        "all {} ranges restored ({} from disk, {store_count} from the object store) in {:?}",
+        owned.len(),
+        from_disk.len(),
+        started.elapsed()
+    );
+}
+
+/// Merges a range's segment chain into `table`, retrying until it works.
+async fn restore_from_store(
+    store: &ObjectStore,
+    range: u32,
+    total: u32,
+    mut table: RangeTable,
+) -> RangeTable {
+    let had = table.len();
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match restore::load_chain(store, range, total, &mut table, clock::now_secs()).await {
+            Ok(read) => {
+                if had == 0 {
+                    // Everything came from the object store: nothing is dirty.
+                    table.clear_dirty();
+                }
+                log::debug!("range {range}: {read} entries from the object store");
+                return table;
+            }
+            Err(e) => log::error!("range {range} cannot be restored (retrying in {delay:?}): {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
 }

@@ -22,6 +22,8 @@ const MAX_TOTAL_HASH_RANGES: u32 = 65_536;
 const MAX_KEYS_PER_REQUEST: usize = 10_000_000;
 const MAX_BODY_BYTES: usize = 1 << 30;
 const MIN_BODY_BYTES: usize = 1024;
+const MIN_CHECKPOINT_BYTES: u64 = 64 << 10;
+const MAX_CHECKPOINT_BYTES: u64 = 1 << 40;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageBackend {
@@ -79,6 +81,8 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub max_keys_per_request: usize,
     pub max_body_bytes: usize,
+    /// A local checkpoint is written once the WAL holds this many bytes.
+    pub wal_checkpoint_bytes: u64,
 }
 
 /// One bad setting.
@@ -124,6 +128,7 @@ const KEYS: &[&str] = &[
     "storage_prefix",
     "max_keys_per_request",
     "max_body_bytes",
+    "wal_checkpoint_bytes",
 ];
 
 /// `KEYDB_*` variables that are not node settings and are left alone:
@@ -204,6 +209,12 @@ impl Settings {
                 s.parse::<usize>().ok().filter(|&n| (MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&n))
             });
 
+        let wal_checkpoint_bytes = p.parse(
+            "wal_checkpoint_bytes",
+            &format!("an integer {MIN_CHECKPOINT_BYTES}..={MAX_CHECKPOINT_BYTES}"),
+            |s| s.parse::<u64>().ok().filter(|n| (MIN_CHECKPOINT_BYTES..=MAX_CHECKPOINT_BYTES).contains(n)),
+        );
+
         // Checks across settings, only once each part parsed.
         if let (Some(id), Some(addresses)) = (node_id, &node_addresses) {
             if id as usize >= addresses.len() {
@@ -261,6 +272,7 @@ impl Settings {
             },
             max_keys_per_request: max_keys_per_request.unwrap(),
             max_body_bytes: max_body_bytes.unwrap(),
+            wal_checkpoint_bytes: wal_checkpoint_bytes.unwrap(),
         })
     }
 }
@@ -422,6 +434,7 @@ mod tests {
             ("KEYDB_STORAGE_ENDPOINT", "garage:3900"),
             ("KEYDB_MAX_KEYS_PER_REQUEST", "0"),
             ("KEYDB_MAX_BODY_BYTES", "12"),
+            ("KEYDB_WAL_CHECKPOINT_BYTES", "1"),
             ("KEYDB_NO_SUCH_THING", "1"),
         ];
         for (k, v) in cases {

@@ -331,6 +331,13 @@ impl RangeTable {
         out
     }
 
+    /// Clears every dirty bit: the entries are known to be in the object store.
+    pub fn clear_dirty(&mut self) {
+        for slot in self.slots.iter_mut() {
+            slot.stamp &= !DIRTY;
+        }
+    }
+
     /// Every entry unexpired at `now`, in key order, and clears every dirty
     /// bit: what a full snapshot writes.
     pub fn take_all(&mut self, now: u32) -> Vec<(TableKey, Expiry)> {

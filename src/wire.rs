@@ -248,6 +248,18 @@ pub struct Info {
     pub last_snapshot_timestamp: u64,
 }
 
+impl Info {
+    /// The view this node answered under.
+    pub fn view(&self) -> crate::view::ViewWire {
+        crate::view::ViewWire {
+            epoch: self.epoch,
+            addresses: self.addresses.clone(),
+            total_hash_ranges: self.total_hash_ranges,
+            state: self.state,
+        }
+    }
+}
+
 // ---------------------------------------------------------------- binary
 
 /// The binary request (after the version byte).

@@ -1,12 +1,16 @@
 //! The actix actors. They own state and pass messages; the logic they wrap
-//! lives in plain structs (`table`, `view`, `assignment`).
+//! lives in plain structs (`table`, `view`, `assignment`, `segment`, `wal`).
 //!
 //! - [`RangeActor`]: one per hash range, owns that range's table.
 //! - [`RouterActor`]: owns the cluster view and this node's range actors;
 //!   splits each batch by range, fans out, gathers in request order.
+//! - [`SnapshotActor`]: writes ranges to the object store and to local
+//!   checkpoints.
 
 mod range;
 mod router;
+mod snapshot;
 
 pub use range::RangeActor;
 pub use router::{RouteError, RouterActor};
+pub use snapshot::{SnapshotActor, SnapshotError};

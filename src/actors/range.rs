@@ -1,16 +1,23 @@
 //! `RangeActor` owns one range's keys (a [`RangeTable`]) and sweeps them.
 //!
 //! Per-key atomicity of claims comes from the actor handling one batch at a
-//! time. It never does I/O and never blocks: a batch costs microseconds, and
-//! the sweep visits a bounded number of slots per tick.
+//! time. It never waits on I/O: it applies a batch, queues the changed
+//! entries on the WAL (which returns at once), and replies with the WAL
+//! sequence number the request must wait for. Until its table is restored
+//! ([`Restore`]) it refuses batches.
 
 use std::time::Duration;
 
 use actix::{Actor, AsyncContext, Context, Handler};
 
 use crate::clock;
-use crate::messages::{RangeBatch, RangeOp, RangeStats, RangeStatsReply};
-use crate::table::RangeTable;
+use crate::messages::{
+    BatchReply, CopyEntries, ForceFullSnapshot, RangeBatch, RangeOp, RangeStats, RangeStatsReply,
+    RangeUnavailable, Restore, SnapshotData, TakeSnapshot,
+};
+use crate::segment::SegmentKind;
+use crate::table::{Expiry, RangeTable, TableKey};
+use crate::wal::Wal;
 
 /// How often the sweep runs, and how much of the table it visits each time.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -21,22 +28,38 @@ const SWEEP_PASS_TICKS: usize = 60;
 /// Bounded so that overload shows up as waiting senders, not unbounded memory.
 const MAILBOX_CAPACITY: usize = 1024;
 
+/// A range's table once it is restored.
+struct Serving {
+    table: RangeTable,
+    wal: Wal,
+    /// Highest WAL sequence number this range appended.
+    last_seq: u64,
+    /// The next snapshot must be full (see [`Restore`], [`ForceFullSnapshot`]).
+    force_full: bool,
+}
+
 pub struct RangeActor {
     range: u32,
-    table: RangeTable,
+    /// `None` until restored.
+    state: Option<Serving>,
 }
 
 impl RangeActor {
     pub fn new(range: u32) -> Self {
-        RangeActor { range, table: RangeTable::new() }
+        RangeActor { range, state: None }
     }
 
     fn sweep(&mut self) {
-        let budget = (self.table.slot_count() / SWEEP_PASS_TICKS).max(SWEEP_MIN_SLOTS);
-        let removed = self.table.sweep(clock::now_secs(), budget);
+        let Some(s) = &mut self.state else { return };
+        let budget = (s.table.slot_count() / SWEEP_PASS_TICKS).max(SWEEP_MIN_SLOTS);
+        let removed = s.table.sweep(clock::now_secs(), budget);
         if removed > 0 {
             log::trace!("range {}: swept {removed} expired keys", self.range);
         }
+    }
+
+    fn serving(&mut self) -> Result<&mut Serving, RangeUnavailable> {
+        self.state.as_mut().ok_or(RangeUnavailable(self.range))
     }
 }
 
@@ -50,20 +73,81 @@ impl Actor for RangeActor {
 }
 
 impl Handler<RangeBatch> for RangeActor {
-    type Result = Vec<bool>;
+    type Result = Result<BatchReply, RangeUnavailable>;
 
-    fn handle(&mut self, batch: RangeBatch, _: &mut Context<Self>) -> Vec<bool> {
+    fn handle(&mut self, batch: RangeBatch, _: &mut Context<Self>) -> Self::Result {
+        let range = self.range;
+        let s = self.serving()?;
         let RangeBatch { op, now, keys } = batch;
-        match op {
-            RangeOp::Get => keys.iter().map(|&k| self.table.contains(k, now)).collect(),
+        let mut changed: Vec<(TableKey, Expiry)> = Vec::new();
+        let answers = match op {
+            RangeOp::Get => keys.iter().map(|&k| s.table.contains(k, now)).collect(),
             RangeOp::Put { expiry } => {
                 for &k in &keys {
-                    self.table.merge(k, expiry, now);
+                    if s.table.merge(k, expiry, now) {
+                        changed.push((k, expiry));
+                    }
                 }
                 Vec::new()
             }
-            RangeOp::Claim { expiry } => keys.iter().map(|&k| self.table.claim(k, expiry, now)).collect(),
+            RangeOp::Claim { expiry } => keys
+                .iter()
+                .map(|&k| {
+                    let existed = s.table.claim(k, expiry, now);
+                    if !existed {
+                        changed.push((k, expiry));
+                    }
+                    existed
+                })
+                .collect(),
+        };
+        if !changed.is_empty() {
+            s.last_seq = s.wal.append(range, &changed);
         }
+        Ok(BatchReply { answers, wal_seq: s.last_seq })
+    }
+}
+
+impl Handler<Restore> for RangeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Restore, _: &mut Context<Self>) {
+        debug_assert!(self.state.is_none(), "range {} restored twice", self.range);
+        self.state =
+            Some(Serving { table: msg.table, wal: msg.wal, last_seq: 0, force_full: msg.force_full });
+    }
+}
+
+impl Handler<TakeSnapshot> for RangeActor {
+    type Result = Result<SnapshotData, RangeUnavailable>;
+
+    fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+        let s = self.serving()?;
+        if msg.full || s.force_full {
+            s.force_full = false;
+            Ok(SnapshotData { kind: SegmentKind::Full, entries: s.table.take_all(msg.now) })
+        } else {
+            Ok(SnapshotData { kind: SegmentKind::Incremental, entries: s.table.take_dirty(msg.now) })
+        }
+    }
+}
+
+impl Handler<ForceFullSnapshot> for RangeActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ForceFullSnapshot, _: &mut Context<Self>) {
+        if let Some(s) = &mut self.state {
+            s.force_full = true;
+        }
+    }
+}
+
+impl Handler<CopyEntries> for RangeActor {
+    type Result = Result<Vec<(TableKey, Expiry)>, RangeUnavailable>;
+
+    fn handle(&mut self, msg: CopyEntries, _: &mut Context<Self>) -> Self::Result {
+        let s = self.serving()?;
+        Ok(s.table.iter().filter(|&(_, e)| msg.now < e).collect())
     }
 }
 
@@ -71,6 +155,13 @@ impl Handler<RangeStats> for RangeActor {
     type Result = RangeStatsReply;
 
     fn handle(&mut self, _: RangeStats, _: &mut Context<Self>) -> RangeStatsReply {
-        RangeStatsReply { keys: self.table.len() as u64, heap_bytes: self.table.heap_bytes() as u64 }
+        match &self.state {
+            Some(s) => RangeStatsReply {
+                keys: s.table.len() as u64,
+                heap_bytes: s.table.heap_bytes() as u64,
+                serving: true,
+            },
+            None => RangeStatsReply::default(),
+        }
     }
 }

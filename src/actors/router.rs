@@ -1,18 +1,27 @@
 //! `RouterActor` owns the cluster view and the addresses of this node's range
 //! actors. It splits each batch by range, checks ownership (421 for the whole
-//! batch otherwise), fans out to the range actors and gathers their answers
-//! in request order. It does no I/O and holds no keys; the fan-out is
-//! awaited outside the actor, so the router handles the next batch at once.
+//! batch otherwise) and readiness (503 while a range restores), fans out to
+//! the range actors, gathers their answers in request order, and releases
+//! the answer once the WAL is durable up to what the batch depends on. It
+//! does no I/O and holds no keys; the fan-out is awaited outside the actor,
+//! so the router handles the next batch at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use actix::{Actor, Addr, Context, Handler, MailboxError, ResponseFuture};
 use futures_util::future::join_all;
 
 use crate::actors::RangeActor;
 use crate::clock;
-use crate::messages::{GetInfo, RangeBatch, RangeOp, RangeStats, Route, Routed};
+use crate::messages::{GetInfo, RangeBatch, RangeOp, RangeStats, RangesRestored, Route, Routed};
 use crate::table::TableKey;
 use crate::view::{ClusterView, ViewWire};
+use crate::wal::Wal;
 use crate::wire::Info;
+
+/// Seconds a client is told to wait before retrying a restoring range.
+const RETRY_AFTER_SECS: u32 = 1;
 
 /// Why a batch was refused or failed as a whole.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,17 +47,30 @@ impl RouteError {
 pub struct RouterActor {
     node_id: u32,
     view: ClusterView,
-    /// Index = range; `Some` for the ranges this node serves.
+    /// Index = range; `Some` for the ranges this node owns.
     ranges: Vec<Option<Addr<RangeActor>>>,
+    /// Index = range; true once the range is restored and serves.
+    restored: Vec<bool>,
+    /// Set with the first restored range; every write goes through it.
+    wal: Option<Wal>,
+    /// Unix seconds of the last completed snapshot, written by the
+    /// snapshot actor (a statistic, not state anyone decides on).
+    last_snapshot: Arc<AtomicU64>,
 }
 
 impl RouterActor {
-    pub fn new(node_id: u32, view: ClusterView, ranges: Vec<Option<Addr<RangeActor>>>) -> Self {
+    pub fn new(
+        node_id: u32,
+        view: ClusterView,
+        ranges: Vec<Option<Addr<RangeActor>>>,
+        last_snapshot: Arc<AtomicU64>,
+    ) -> Self {
         debug_assert_eq!(ranges.len(), view.total_hash_ranges() as usize);
-        RouterActor { node_id, view, ranges }
+        let restored = vec![false; ranges.len()];
+        RouterActor { node_id, view, ranges, restored, wal: None, last_snapshot }
     }
 
-    fn served(&self) -> Vec<u32> {
+    fn owned(&self) -> Vec<u32> {
         (0..self.ranges.len() as u32).filter(|&r| self.ranges[r as usize].is_some()).collect()
     }
 }
@@ -112,17 +134,31 @@ impl Handler<Route> for RouterActor {
             })
             .collect();
         let epoch = self.view.epoch();
+        let view = self.view.wire().clone();
+        let wal = self.wal.clone();
         let answered = !matches!(op, RangeOp::Put { .. });
         Box::pin(async move {
             let mut answers = if answered { vec![false; count] } else { Vec::new() };
+            let mut wal_seq = 0;
             for (range, positions, reply) in join_all(pending).await {
-                let bits = reply.map_err(|e| mailbox_error(range, e))?;
+                let reply =
+                    reply.map_err(|e| mailbox_error(range, e))?.map_err(|e| RouteError::Unavailable {
+                        reason: e.to_string(),
+                        view: view.clone(),
+                        retry_after_secs: RETRY_AFTER_SECS,
+                    })?;
+                wal_seq = wal_seq.max(reply.wal_seq);
                 if answered {
-                    debug_assert_eq!(bits.len(), positions.len());
-                    for (p, b) in positions.into_iter().zip(bits) {
+                    debug_assert_eq!(reply.answers.len(), positions.len());
+                    for (p, b) in positions.into_iter().zip(reply.answers) {
                         answers[p as usize] = b;
                     }
                 }
+            }
+            if wal_seq > 0 {
+                // A range serves only once the WAL is set, so this is a bug if it fails.
+                let wal = wal.ok_or_else(|| RouteError::Internal("no WAL while serving".into()))?;
+                wal.wait_durable(wal_seq).await.map_err(|e| RouteError::Internal(e.to_string()))?;
             }
             Ok(Routed { epoch, answers })
         })
@@ -142,17 +178,28 @@ impl Handler<GetInfo> for RouterActor {
             epoch: view.epoch,
             state: view.state,
             total_hash_ranges: view.total_hash_ranges,
-            hash_ranges: self.served(),
+            hash_ranges: self.owned(),
             range_owners: self.view.owners().to_vec(),
-            ranges_loading: Vec::new(),
+            ranges_loading: self.owned().into_iter().filter(|&r| !self.restored[r as usize]).collect(),
             ranges_draining: Vec::new(),
             keys_count: 0,
-            last_snapshot_timestamp: 0,
+            last_snapshot_timestamp: self.last_snapshot.load(Ordering::Relaxed),
         };
         Box::pin(async move {
             // A range that does not answer counts as empty: /info is advisory.
             info.keys_count = join_all(stats).await.into_iter().flatten().map(|s| s.keys).sum();
             info
         })
+    }
+}
+
+impl Handler<RangesRestored> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RangesRestored, _: &mut Context<Self>) {
+        self.wal.get_or_insert(msg.wal);
+        for range in msg.ranges {
+            self.restored[range as usize] = true;
+        }
     }
 }

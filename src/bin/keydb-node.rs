@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use keydb::server::StartError;
 use keydb::settings::{Settings, SettingsError};
 
 const HELP: &str = "keydb-node: a KeyDB server node
@@ -61,6 +62,11 @@ fn main() -> ExitCode {
     log::info!("settings: {settings:?}");
     match actix_web::rt::System::new().block_on(keydb::server::run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(StartError::Config(e)) => {
+            log::error!("{e}");
+            eprintln!("keydb-node: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             log::error!("cannot serve: {e}");
             eprintln!("keydb-node: {e}");

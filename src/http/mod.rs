@@ -9,7 +9,7 @@ mod ops;
 use actix::Addr;
 use actix_web::web;
 
-use crate::actors::RouterActor;
+use crate::actors::{RouterActor, SnapshotActor};
 
 pub use error::ApiError;
 
@@ -17,6 +17,8 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub router: Addr<RouterActor>,
+    pub snapshots: Addr<SnapshotActor>,
+    pub node_id: u32,
     pub max_keys_per_request: usize,
     pub max_body_bytes: usize,
 }
@@ -29,5 +31,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/info", web::get().to(ops::info))
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
+        .route("/createSnapshots", web::post().to(ops::create_snapshots))
         .default_service(web::to(ops::not_found));
 }

@@ -3,7 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::{ApiError, AppState};
-use crate::messages::GetInfo;
+use crate::messages::{CreateSnapshots, GetInfo};
 
 pub async fn info(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let info = state
@@ -35,4 +35,40 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!("{} {}", req.method(), req.path())))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSnapshotsBody {
+    #[serde(default)]
+    full_sync: bool,
+}
+
+/// `POST /createSnapshots`, body optional: `{"full_sync": false}`.
+pub async fn create_snapshots(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: CreateSnapshotsBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateSnapshotsBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    let result = state
+        .snapshots
+        .send(CreateSnapshots { full: body.full_sync })
+        .await
+        .map_err(|e| ApiError::Internal(format!("snapshot actor did not answer: {e}")))?;
+    match result {
+        Ok(report) => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "success": true,
+            "node_id": state.node_id,
+            "ranges": report.ranges,
+        }))),
+        Err(e) if e.is_retryable() => {
+            let info = state.router.send(GetInfo).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+            Err(ApiError::Unavailable { message: e.to_string(), view: info.view(), retry_after_secs: 5 })
+        }
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
 }

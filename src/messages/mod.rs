@@ -5,6 +5,11 @@
 
 mod range;
 mod router;
+mod snapshot;
 
-pub use range::{RangeBatch, RangeOp, RangeStats, RangeStatsReply};
-pub use router::{GetInfo, Route, RouteKind, Routed};
+pub use range::{
+    BatchReply, CopyEntries, ForceFullSnapshot, RangeBatch, RangeOp, RangeStats, RangeStatsReply,
+    RangeUnavailable, Restore, SnapshotData, TakeSnapshot,
+};
+pub use router::{GetInfo, RangesRestored, Route, RouteKind, Routed};
+pub use snapshot::{AllRestored, CreateSnapshots, SnapshotReport};

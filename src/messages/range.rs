@@ -1,6 +1,8 @@
 use actix::{Message, MessageResponse};
 
-use crate::table::{Expiry, TableKey};
+use crate::segment::SegmentKind;
+use crate::table::{Expiry, RangeTable, TableKey};
+use crate::wal::Wal;
 
 /// What a batch does to each of its keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,16 +17,30 @@ pub enum RangeOp {
 
 /// The keys of one request that fall in one range, in request order.
 ///
-/// Reply: one boolean per key for `Get` (exists) and `Claim` (existed before
-/// this batch, earlier positions included); empty for `Put`.
+/// Reply: the answers, or an error if the range cannot serve (not restored).
 #[derive(Debug, Message)]
-#[rtype(result = "Vec<bool>")]
+#[rtype(result = "Result<BatchReply, RangeUnavailable>")]
 pub struct RangeBatch {
     pub op: RangeOp,
     /// Seconds since the epoch, taken once per request.
     pub now: u32,
     pub keys: Vec<TableKey>,
 }
+
+#[derive(Debug, MessageResponse)]
+pub struct BatchReply {
+    /// One boolean per key for `Get` (exists) and `Claim` (existed before
+    /// this batch, earlier positions included); empty for `Put`.
+    pub answers: Vec<bool>,
+    /// The request may be acknowledged once the WAL is durable up to here:
+    /// it covers this batch's writes and every earlier write of the range
+    /// that the answers may depend on.
+    pub wal_seq: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("range {0} is not restored yet")]
+pub struct RangeUnavailable(pub u32);
 
 /// Reply: the range's key count and memory.
 #[derive(Debug, Message)]
@@ -36,4 +52,55 @@ pub struct RangeStatsReply {
     /// Stored entries, including expired ones not yet swept.
     pub keys: u64,
     pub heap_bytes: u64,
+    pub serving: bool,
+}
+
+/// Hands a restored table to its range actor, which then serves it.
+/// `force_full`: the object store may lack some of these entries, so the
+/// next snapshot must be a full one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Restore {
+    pub table: RangeTable,
+    pub wal: Wal,
+    pub force_full: bool,
+}
+
+impl std::fmt::Debug for Restore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restore")
+            .field("keys", &self.table.len())
+            .field("force_full", &self.force_full)
+            .finish()
+    }
+}
+
+/// Reply: the entries a snapshot segment must hold. Incremental unless
+/// `full` is asked or the range needs a full one; clears the dirty bits.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<SnapshotData, RangeUnavailable>")]
+pub struct TakeSnapshot {
+    pub full: bool,
+    pub now: u32,
+}
+
+#[derive(Debug, MessageResponse)]
+pub struct SnapshotData {
+    pub kind: SegmentKind,
+    pub entries: Vec<(TableKey, Expiry)>,
+}
+
+/// The next snapshot of the range must be full: the segment of the last
+/// [`TakeSnapshot`] was not written (its entries are only in the table
+/// now), or the range's chain has grown long.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ForceFullSnapshot;
+
+/// Reply: every entry unexpired at `now`, dirty bits untouched (for local
+/// checkpoints), or an error if the range is not restored.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<(TableKey, Expiry)>, RangeUnavailable>")]
+pub struct CopyEntries {
+    pub now: u32,
 }

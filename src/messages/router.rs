@@ -2,6 +2,7 @@ use actix::Message;
 
 use crate::actors::RouteError;
 use crate::fingerprint::Fingerprint;
+use crate::wal::Wal;
 use crate::wire::Info;
 
 use super::RangeOp;
@@ -10,7 +11,8 @@ use super::RangeOp;
 /// puts and claims, the TTL.
 ///
 /// Reply: the answers in request order (empty for puts) and the view epoch
-/// they were given under, or why the batch was refused as a whole.
+/// they were given under, once every write they depend on is durable; or
+/// why the batch was refused as a whole.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Routed, RouteError>")]
 pub struct Route {
@@ -47,3 +49,18 @@ pub struct Routed {
 #[derive(Debug, Message)]
 #[rtype(result = "Info")]
 pub struct GetInfo;
+
+/// These ranges are restored and serve from now on; `wal` is the log their
+/// writes go to.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RangesRestored {
+    pub ranges: Vec<u32>,
+    pub wal: Wal,
+}
+
+impl std::fmt::Debug for RangesRestored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangesRestored").field("ranges", &self.ranges).finish()
+    }
+}

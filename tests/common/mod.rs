@@ -85,7 +85,7 @@ impl Node {
             if let Some(status) = node.child.try_wait().unwrap() {
                 panic!("keydb-node exited with {status} while starting:\n{}", node.log());
             }
-            if try_request(&node.addr, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200) {
+            if try_request(&node.addr, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200) {
                 break;
             }
             assert!(Instant::now() < deadline, "keydb-node did not come up:\n{}", node.log());

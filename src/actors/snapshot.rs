@@ -1,0 +1,318 @@
+//! `SnapshotActor` writes this node's ranges to the object store (segments
+//! and manifests) and to local checkpoints, which bound the WAL.
+//!
+//! It takes entries from each range actor with one message (a copy costing
+//! a few milliseconds at most), then encodes and writes them away from the
+//! range actors, so ranges keep serving while they are snapshotted. Runs are
+//! serialized: the actor waits for one to finish before taking the next
+//! request, so two runs never race on a manifest. A segment is always
+//! written before the manifest that names it; superseded segments are
+//! deleted only after the new manifest is in place.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::stream::{self, StreamExt};
+
+use crate::actors::RangeActor;
+use crate::clock;
+use crate::messages::{
+    AllRestored, CopyEntries, CreateSnapshots, ForceFullSnapshot, SnapshotReport, TakeSnapshot,
+};
+use crate::restore::{self, manifest_key, segment_key};
+use crate::segment::{Manifest, Segment, SegmentKind, SegmentRef};
+use crate::settings::Settings;
+use crate::store::{ObjectStore, StoreError};
+use crate::wal::Wal;
+
+/// A chain longer than this gets a full segment next time.
+const MAX_CHAIN: usize = 16;
+/// Ranges written at once.
+const PARALLEL_RANGES: usize = 8;
+const TICK: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot of range {range} failed: {source}")]
+    Store { range: u32, source: StoreError },
+    #[error("range {0} is not restored yet; retry later")]
+    NotReady(u32),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl SnapshotError {
+    /// Whether retrying later may succeed (the object store or a range
+    /// comes back), as opposed to a bug.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, SnapshotError::Internal(_))
+    }
+}
+
+/// What a run needs, cloned into its future.
+#[derive(Clone)]
+struct Job {
+    node_id: u32,
+    total_hash_ranges: u32,
+    store: ObjectStore,
+    ranges: Vec<(u32, Addr<RangeActor>)>,
+}
+
+static SEGMENT_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub struct SnapshotActor {
+    job: Job,
+    data_dir: PathBuf,
+    /// Zero: no periodic snapshots.
+    interval: Duration,
+    /// A local checkpoint is taken once the WAL holds this many bytes.
+    checkpoint_bytes: u64,
+    last_snapshot: Arc<AtomicU64>,
+    /// Set once every range is restored.
+    wal: Option<Wal>,
+    next_due: Instant,
+    backoff: Duration,
+}
+
+impl SnapshotActor {
+    /// `ranges`: the ranges this node owns, with their actors.
+    pub fn new(
+        settings: &Settings,
+        store: ObjectStore,
+        ranges: Vec<(u32, Addr<RangeActor>)>,
+        last_snapshot: Arc<AtomicU64>,
+    ) -> Self {
+        SnapshotActor {
+            job: Job {
+                node_id: settings.node_id,
+                total_hash_ranges: settings.total_hash_ranges,
+                store,
+                ranges,
+            },
+            data_dir: settings.data_dir.clone(),
+            interval: settings.snapshot_interval,
+            checkpoint_bytes: settings.wal_checkpoint_bytes,
+            last_snapshot,
+            wal: None,
+            next_due: Instant::now() + settings.snapshot_interval,
+            backoff: TICK,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let Some(wal) = self.wal.clone() else { return };
+        if wal.disk_bytes() > self.checkpoint_bytes {
+            let fut = checkpoint(self.job.clone(), self.data_dir.clone(), wal);
+            ctx.wait(fut.into_actor(self).map(|result, _, _| match result {
+                Ok(n) => log::info!("local checkpoint of {n} ranges written; WAL truncated"),
+                Err(e) => log::warn!("local checkpoint failed (will retry): {e}"),
+            }));
+            return;
+        }
+        if self.interval.is_zero() || Instant::now() < self.next_due {
+            return;
+        }
+        let fut = snapshot_all(self.job.clone(), false);
+        ctx.wait(fut.into_actor(self).map(|result, actor, _| actor.finished(&result, "periodic")));
+    }
+
+    fn finished(&mut self, result: &Result<SnapshotReport, SnapshotError>, what: &str) {
+        match result {
+            Ok(report) => {
+                self.last_snapshot.store(u64::from(clock::now_secs()), Ordering::Relaxed);
+                self.backoff = TICK;
+                self.next_due = Instant::now() + self.interval;
+                if report.segments > 0 {
+                    log::info!(
+                        "{what} snapshot: {} segments, {} entries, {} bytes",
+                        report.segments,
+                        report.entries,
+                        report.bytes
+                    );
+                }
+            }
+            Err(e) => {
+                log::warn!("{what} snapshot failed, retrying in {:?}: {e}", self.backoff);
+                self.next_due = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF).min(self.interval.max(TICK));
+            }
+        }
+    }
+}
+
+impl Actor for SnapshotActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(64);
+        ctx.run_interval(TICK, |actor, ctx| actor.tick(ctx));
+    }
+}
+
+impl Handler<AllRestored> for SnapshotActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AllRestored, _: &mut Context<Self>) {
+        self.wal = Some(msg.wal);
+    }
+}
+
+impl Handler<CreateSnapshots> for SnapshotActor {
+    type Result = AtomicResponse<Self, Result<SnapshotReport, SnapshotError>>;
+
+    fn handle(&mut self, msg: CreateSnapshots, _: &mut Context<Self>) -> Self::Result {
+        let job = self.job.clone();
+        let ready = self.wal.is_some();
+        AtomicResponse::new(Box::pin(
+            async move {
+                if !ready {
+                    let first = job.ranges.first().map_or(0, |(r, _)| *r);
+                    return Err(SnapshotError::NotReady(first));
+                }
+                snapshot_all(job, msg.full).await
+            }
+            .into_actor(self)
+            .map(|result, actor, _| {
+                actor.finished(&result, "requested");
+                result
+            }),
+        ))
+    }
+}
+
+async fn snapshot_all(job: Job, full: bool) -> Result<SnapshotReport, SnapshotError> {
+    let results: Vec<Result<(u64, u64), SnapshotError>> = stream::iter(job.ranges.clone())
+        .map(|(range, addr)| {
+            let job = job.clone();
+            async move { snapshot_range(&job, range, &addr, full).await }
+        })
+        .buffer_unordered(PARALLEL_RANGES)
+        .collect()
+        .await;
+    let mut report = SnapshotReport { ranges: 0, segments: 0, entries: 0, bytes: 0 };
+    for result in results {
+        let (entries, bytes) = result?;
+        report.ranges += 1;
+        if bytes > 0 {
+            report.segments += 1;
+            report.entries += entries;
+            report.bytes += bytes;
+        }
+    }
+    Ok(report)
+}
+
+/// Snapshots one range; returns (entries, bytes) written, zeros if nothing changed.
+async fn snapshot_range(
+    job: &Job,
+    range: u32,
+    addr: &Addr<RangeActor>,
+    full: bool,
+) -> Result<(u64, u64), SnapshotError> {
+    let now = clock::now_secs();
+    let data = addr
+        .send(TakeSnapshot { full, now })
+        .await
+        .map_err(|e| SnapshotError::Internal(format!("range {range} did not answer: {e}")))?
+        .map_err(|_| SnapshotError::NotReady(range))?;
+    if data.kind == SegmentKind::Incremental && data.entries.is_empty() {
+        return Ok((0, 0));
+    }
+    let result = write_segment(job, range, data.kind, data.entries, now).await;
+    let force_full = match &result {
+        // The entries taken are in no segment now: the next one must be full.
+        Err(_) => true,
+        Ok((_, _, chain)) => *chain > MAX_CHAIN,
+    };
+    if force_full {
+        // `send`, not `do_send`: this hint must not be dropped on a full
+        // mailbox. A closed mailbox means the range is gone, with its entries.
+        let _ = addr.send(ForceFullSnapshot).await;
+    }
+    result.map(|(entries, bytes, _)| (entries, bytes))
+}
+
+/// Writes a segment, then the manifest naming it; returns (entries, bytes,
+/// chain length).
+async fn write_segment(
+    job: &Job,
+    range: u32,
+    kind: SegmentKind,
+    entries: Vec<(crate::table::TableKey, crate::table::Expiry)>,
+    now: u32,
+) -> Result<(u64, u64, usize), SnapshotError> {
+    let store_err = |source| SnapshotError::Store { range, source };
+    let manifest = match restore::read_manifest(&job.store, range, job.total_hash_ranges).await {
+        Ok(m) => m.unwrap_or_else(|| Manifest::empty(range, job.total_hash_ranges)),
+        Err(restore::RestoreError::Store(e)) => return Err(store_err(e)),
+        Err(e) => return Err(SnapshotError::Internal(e.to_string())),
+    };
+    let created = u64::from(now);
+    let name = format!(
+        "{}-n{}-{}.seg",
+        clock::now_millis(),
+        job.node_id,
+        SEGMENT_COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let count = entries.len() as u64;
+    let segment = Segment { range, total_hash_ranges: job.total_hash_ranges, kind, created, entries };
+    let bytes = tokio::task::spawn_blocking(move || segment.encode())
+        .await
+        .map_err(|e| SnapshotError::Internal(format!("encoding task failed: {e}")))?;
+    let size = bytes.len() as u64;
+    let key = segment_key(range, &name);
+    job.store.put(&key, bytes).await.map_err(store_err)?;
+
+    let mut next = manifest;
+    let superseded = if kind == SegmentKind::Full { std::mem::take(&mut next.segments) } else { Vec::new() };
+    next.segments.push(SegmentRef { name, kind, entries: count, bytes: size, created });
+    next.last_snapshot = created;
+    if let Err(e) = job.store.put(&manifest_key(range), next.encode()).await {
+        // The segment is named by no manifest: remove it, best effort.
+        let _ = job.store.delete(&key).await;
+        return Err(store_err(e));
+    }
+    for old in superseded {
+        if let Err(e) = job.store.delete(&segment_key(range, &old.name)).await {
+            log::warn!("could not delete superseded segment: {e}");
+        }
+    }
+    Ok((count, size, next.segments.len()))
+}
+
+/// Writes a full local checkpoint of every range, then drops the WAL files
+/// it covers. Returns the number of ranges written.
+async fn checkpoint(job: Job, data_dir: PathBuf, wal: Wal) -> Result<usize, String> {
+    // Every record below `seq` was applied to its table before being
+    // appended, so the copies taken after this point contain it.
+    let seq = wal.next_seq();
+    for (range, addr) in &job.ranges {
+        let now = clock::now_secs();
+        let entries = addr
+            .send(CopyEntries { now })
+            .await
+            .map_err(|e| format!("range {range} did not answer: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let segment = Segment {
+            range: *range,
+            total_hash_ranges: job.total_hash_ranges,
+            kind: SegmentKind::Full,
+            created: u64::from(now),
+            entries,
+        };
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || restore::write_checkpoint(&dir, &segment))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    tokio::task::spawn_blocking(move || wal.truncate_below(seq))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(job.ranges.len())
+}
