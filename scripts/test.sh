@@ -1,6 +1,18 @@
 #!/usr/bin/env bash
-# Runs KeyDB's whole test suite: unit, property and integration tests (the
-# integration tests start real keydb-node processes on free 127.0.0.1 ports).
+# Runs KeyDB's whole test suite: unit, property and integration tests. The
+# integration tests start real keydb-node processes on free 127.0.0.1 ports,
+# and the S3 tests use a Garage server that this script installs (once, with
+# cargo install) and starts, and stops at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+./scripts/garage.sh install
+garage_dir=$(mktemp -d -t keydb-garage.XXXXXX)
+trap './scripts/garage.sh stop "$garage_dir"; rm -rf "$garage_dir"' EXIT
+./scripts/garage.sh start "$garage_dir"
+set -a
+# shellcheck disable=SC1091
+. "$garage_dir/env"
+set +a
+
 cargo test --locked --all-targets "$@"

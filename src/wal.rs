@@ -76,6 +76,9 @@ struct Queue {
     buf: Vec<u8>,
     /// Highest sequence number in `buf`.
     last_in_buf: u64,
+    /// A requested rotation: the bytes of `buf` before this offset belong
+    /// to the current file, the rest to a new file named by the seq.
+    rotate: Option<(usize, u64)>,
     stop: bool,
 }
 
@@ -99,7 +102,7 @@ impl Wal {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let file = create_file(dir, next_seq)?;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { next_seq, buf: Vec::new(), last_in_buf: 0, stop: false }),
+            queue: Mutex::new(Queue { next_seq, buf: Vec::new(), last_in_buf: 0, rotate: None, stop: false }),
             wake: Condvar::new(),
         });
         let (tx, rx) = watch::channel(Durable { upto: next_seq.saturating_sub(1), failed: None });
@@ -137,12 +140,6 @@ impl Wal {
         seq
     }
 
-    /// The sequence number the next append will get: every record below it
-    /// has been appended (and so applied to its table).
-    pub fn next_seq(&self) -> u64 {
-        self.lock().next_seq
-    }
-
     /// Waits until every record up to `seq` is on disk.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), WalError> {
         let mut rx = self.durable.clone();
@@ -154,6 +151,21 @@ impl Wal {
             Some(m) if state.upto < seq => Err(WalError::Failed(m.clone())),
             _ => Ok(()),
         }
+    }
+
+    /// Starts a new file for the records from now on and returns its first
+    /// sequence number: every record below it was appended (and applied to
+    /// its table) before this call, and none at or above it goes to an
+    /// older file. Checkpoints use it to truncate the log.
+    pub fn rotate(&self) -> u64 {
+        let mut q = self.lock();
+        let seq = q.next_seq;
+        // A rotation still pending is superseded: its records stay in the
+        // current file, which is only deleted once a later file exists.
+        q.rotate = Some((q.buf.len(), seq));
+        drop(q);
+        self.shared.wake.notify_one();
+        seq
     }
 
     /// Deletes the files that hold only records below `seq`.
@@ -201,19 +213,26 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         loop {
-            let (buf, last, stop) = {
+            let (buf, last, rotate, stop) = {
                 let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-                while q.buf.is_empty() && !q.stop {
+                while q.buf.is_empty() && q.rotate.is_none() && !q.stop {
                     q = self.shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
-                (std::mem::take(&mut q.buf), q.last_in_buf, q.stop)
+                (std::mem::take(&mut q.buf), q.last_in_buf, q.rotate.take(), q.stop)
             };
+            let result = match rotate {
+                Some((offset, seq)) => self
+                    .write(&buf[..offset])
+                    .and_then(|()| self.start_file(seq))
+                    .and_then(|()| self.write(&buf[offset..])),
+                None => self.write(&buf),
+            };
+            if let Err(e) = result {
+                log::error!("{e}; writes are refused until restart");
+                self.durable.send_modify(|d| d.failed = Some(e.to_string()));
+                return;
+            }
             if !buf.is_empty() {
-                if let Err(e) = self.write(&buf) {
-                    log::error!("{e}; writes are refused until restart");
-                    self.durable.send_modify(|d| d.failed = Some(e.to_string()));
-                    return;
-                }
                 self.durable.send_modify(|d| d.upto = last);
             }
             if stop {
@@ -222,12 +241,22 @@ impl Writer {
         }
     }
 
+    fn start_file(&mut self, first_seq: u64) -> Result<(), WalError> {
+        if self.file.1 == self.dir.join(file_name(first_seq)) {
+            return Ok(());
+        }
+        self.file = create_file(&self.dir, first_seq)?;
+        self.written = 0;
+        Ok(())
+    }
+
     fn write(&mut self, buf: &[u8]) -> Result<(), WalError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
         if self.written >= FILE_BYTES {
             // unwrap: `buf` starts with a whole record, whose seq is at bytes 8..16.
-            let first_seq = u64::from_le_bytes(buf[HEADER..HEADER + 8].try_into().unwrap());
-            self.file = create_file(&self.dir, first_seq)?;
-            self.written = 0;
+            self.start_file(u64::from_le_bytes(buf[HEADER..HEADER + 8].try_into().unwrap()))?;
         }
         let (file, path) = &mut self.file;
         file.write_all(buf).map_err(|e| io_err(path, e))?;
@@ -237,8 +266,12 @@ impl Writer {
     }
 }
 
+fn file_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.wal")
+}
+
 fn create_file(dir: &Path, first_seq: u64) -> Result<(File, PathBuf), WalError> {
-    let path = dir.join(format!("{first_seq:020}.wal"));
+    let path = dir.join(file_name(first_seq));
     let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_err(&path, e))?;
     // The new name must survive a crash too.
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))?;
@@ -389,6 +422,25 @@ mod tests {
         assert_eq!(wal.truncate_below(2).unwrap(), 0);
         assert_eq!(wal.truncate_below(3).unwrap(), 1);
         assert_eq!(read_all(dir.path()).0.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[actix_web::test]
+    async fn rotation_splits_at_the_returned_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, handle) = Wal::open(dir.path(), 1).unwrap();
+        for i in 0..5 {
+            wal.append(i, &entries(2));
+        }
+        let cut = wal.rotate();
+        assert_eq!(cut, 6);
+        let last = wal.append(9, &entries(1));
+        wal.wait_durable(last).await.unwrap();
+        // Everything below the cut can go; what came after stays.
+        assert_eq!(wal.truncate_below(cut).unwrap(), 1);
+        wal.stop();
+        handle.join().unwrap();
+        let (records, _) = read_all(dir.path());
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![6]);
     }
 
     fn write_log(dir: &Path, n: u32) -> PathBuf {

@@ -288,8 +288,9 @@ async fn write_segment(
 /// it covers. Returns the number of ranges written.
 async fn checkpoint(job: Job, data_dir: PathBuf, wal: Wal) -> Result<usize, String> {
     // Every record below `seq` was applied to its table before being
-    // appended, so the copies taken after this point contain it.
-    let seq = wal.next_seq();
+    // appended, so the copies taken after this point contain it; every
+    // record from `seq` on goes to a file the truncation keeps.
+    let seq = wal.rotate();
     for (range, addr) in &job.ranges {
         let now = clock::now_secs();
         let entries = addr

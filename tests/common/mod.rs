@@ -1,9 +1,11 @@
 //! Shared harness for the integration tests: real `keydb-node` processes on
-//! free 127.0.0.1 ports with their own temp dirs, a minimal HTTP/1.1 client
-//! over `std::net` (which can also send malformed requests), and waiting on
-//! conditions with deadlines.
+//! free 127.0.0.1 ports with their own temp dirs, Garage servers, a minimal
+//! HTTP/1.1 client over `std::net` (which can also send malformed requests),
+//! and waiting on conditions with deadlines.
 
 #![allow(dead_code)]
+
+pub mod garage;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -33,7 +35,11 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 pub struct Node {
     pub child: Child,
     pub addr: String,
+    pub port: u16,
+    /// Temp dir of this node: `node.log`, `data/` (KEYDB_DATA_DIR) and, unless
+    /// overridden, `objects/` (the fs object store).
     pub dir: PathBuf,
+    env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -55,43 +61,84 @@ impl Node {
         Node::start_with(port, &env)
     }
 
-    /// Starts a node on `port` with `env` added to the harness defaults.
+    /// Starts a node on `port` with `env` added to the harness defaults and
+    /// waits until it is ready.
     pub fn start_with(port: u16, env: &[(&str, &str)]) -> Node {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        Node::spawn(port, &dir, Some(tmp), env)
+        let mut node = Node::launch(port, env);
+        node.wait_ready();
+        node
     }
 
-    fn spawn(port: u16, dir: &std::path::Path, tmp: Option<tempfile::TempDir>, env: &[(&str, &str)]) -> Node {
-        let log = std::fs::File::create(dir.join("node.log")).unwrap();
-        let mut cmd = Command::new(NODE_BIN);
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("KEYDB_BIND", "127.0.0.1")
-            .env("KEYDB_PORT", port.to_string())
-            .env("KEYDB_DATA_DIR", dir.join("data"))
-            .env("KEYDB_STORAGE_PATH", dir.join("objects"))
-            .current_dir(dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("cannot start keydb-node");
-        let mut node = Node { child, addr: format!("127.0.0.1:{port}"), dir: dir.to_path_buf(), _tmp: tmp };
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// Starts a node and waits only until it answers `/healthz`.
+    pub fn launch(port: u16, env: &[(&str, &str)]) -> Node {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let child = spawn(port, &dir, &env);
+        let mut node = Node { child, addr: format!("127.0.0.1:{port}"), port, dir, env, _tmp: Some(tmp) };
+        node.wait_healthy();
+        node
+    }
+
+    fn wait_for(&mut self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = node.child.try_wait().unwrap() {
-                panic!("keydb-node exited with {status} while starting:\n{}", node.log());
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("keydb-node exited with {status} while starting:\n{}", self.log());
             }
-            if try_request(&node.addr, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200) {
-                break;
+            if try_request(&self.addr, "GET", path, &[], b"").is_ok_and(|r| r.status == 200) {
+                return;
             }
-            assert!(Instant::now() < deadline, "keydb-node did not come up:\n{}", node.log());
+            assert!(Instant::now() < deadline, "keydb-node: {path} not 200 in time:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
-        node
+    }
+
+    pub fn wait_healthy(&mut self) {
+        self.wait_for("/healthz");
+    }
+
+    pub fn wait_ready(&mut self) {
+        self.wait_for("/readyz");
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "keydb-node ignored SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the process again (after a kill or terminate) with the same
+    /// port, dir and settings, and waits until it is healthy.
+    pub fn relaunch(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_some(), "relaunch of a running node");
+        self.child = spawn(self.port, &self.dir, &self.env);
+        self.wait_healthy();
+    }
+
+    /// [`Node::relaunch`], then waits until every range is restored.
+    pub fn restart(&mut self) {
+        self.relaunch();
+        self.wait_ready();
+    }
+
+    /// KEYDB_DATA_DIR of this node.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     pub fn log(&self) -> String {
@@ -127,6 +174,27 @@ impl Node {
         assert_eq!(status, 200, "{body}");
         bools(&body["existed"])
     }
+}
+
+/// Starts a `keydb-node` process with the harness defaults plus `env`,
+/// appending its output to `<dir>/node.log`.
+fn spawn(port: u16, dir: &std::path::Path, env: &[(String, String)]) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log")).unwrap();
+    let mut cmd = Command::new(NODE_BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("KEYDB_BIND", "127.0.0.1")
+        .env("KEYDB_PORT", port.to_string())
+        .env("KEYDB_DATA_DIR", dir.join("data"))
+        .env("KEYDB_STORAGE_PATH", dir.join("objects"))
+        .current_dir(dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("cannot start keydb-node")
 }
 
 impl Drop for Node {
@@ -222,4 +290,28 @@ fn parse_response(buf: &[u8]) -> std::io::Result<Response> {
         body.truncate(len);
     }
     Ok(Response { status, headers, body })
+}
+
+/// Borrows owned settings pairs for [`Node::start_with`].
+pub fn refs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A prefix no other test uses, for sharing one bucket.
+pub fn unique_prefix(test: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{test}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// Non-2xx answers and transport errors of `/put`, for writers that run
+/// into a killed node.
+pub fn try_put(addr: &str, keys: &[String], ttl: u64) -> Result<(), String> {
+    let body = serde_json::json!({"keys": keys, "ttl_seconds": ttl}).to_string();
+    match try_request(addr, "POST", "/put", &[("Content-Type", "application/json")], body.as_bytes()) {
+        Ok(r) if r.status == 200 => Ok(()),
+        Ok(r) => Err(format!("status {}", r.status)),
+        Err(e) => Err(e.to_string()),
+    }
 }
