@@ -3,7 +3,7 @@
 #
 #   scripts/garage.sh install      install Garage 2.5.0 unless it is on PATH
 #   scripts/garage.sh start DIR    start one in DIR (config, data, log); writes
-#                                  DIR/env with the KEYDB_TEST_S3_* variables.
+#                                  DIR/env with the S3_TEST_* variables.
 #                                  Started again on the same DIR, it keeps its
 #                                  ports and data.
 #   scripts/garage.sh stop DIR     stop the one started in DIR
@@ -76,10 +76,10 @@ TOML
     sleep 0.2
   done
   cat > "$dir/env" <<ENV
-KEYDB_TEST_S3_ENDPOINT=http://127.0.0.1:$s3
-KEYDB_TEST_S3_BUCKET=$BUCKET
-KEYDB_TEST_S3_ACCESS_KEY_ID=$KEY_ID
-KEYDB_TEST_S3_SECRET_ACCESS_KEY=$SECRET
+S3_TEST_ENDPOINT=http://127.0.0.1:$s3
+S3_TEST_BUCKET=$BUCKET
+S3_TEST_ACCESS_KEY_ID=$KEY_ID
+S3_TEST_SECRET_ACCESS_KEY=$SECRET
 ENV
   echo "garage up on 127.0.0.1:$s3 ($dir)" >&2
 }

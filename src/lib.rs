@@ -7,6 +7,8 @@
 //! - [`view`]: the cluster view (epoch, addresses, owners).
 //! - [`store`]: object store backends (`fs`, `s3`).
 //! - [`table`]: one range's keys and expiries, with the incremental sweep.
+//! - [`bench`]: the load generator behind `keydb-admin bench`.
+//! - [`client`]: the Rust client library.
 //! - [`clock`]: wall-clock seconds for expiry arithmetic.
 //! - [`restore`]: local state on disk (checkpoints, `local.json`) and restoring ranges.
 //! - [`segment`]: snapshot segment and manifest formats.
@@ -20,6 +22,8 @@
 
 pub mod actors;
 pub mod assignment;
+pub mod bench;
+pub mod client;
 pub mod clock;
 pub mod fingerprint;
 pub mod http;

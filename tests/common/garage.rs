@@ -1,5 +1,5 @@
 //! Garage for the S3 tests: the shared server that `scripts/test.sh` starts
-//! (its address comes in `KEYDB_TEST_S3_*`), or a private one a test can
+//! (its address comes in `S3_TEST_*`), or a private one a test can
 //! stop and start again.
 
 use std::path::PathBuf;
@@ -10,20 +10,16 @@ pub fn node_env(vars: &[(String, String)], prefix: &str) -> Vec<(String, String)
     let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
     vec![
         ("KEYDB_STORAGE_BACKEND".into(), "s3".into()),
-        ("KEYDB_STORAGE_BUCKET".into(), get("KEYDB_TEST_S3_BUCKET")),
-        ("KEYDB_STORAGE_ENDPOINT".into(), get("KEYDB_TEST_S3_ENDPOINT")),
-        ("KEYDB_STORAGE_ACCESSKEYID".into(), get("KEYDB_TEST_S3_ACCESS_KEY_ID")),
-        ("KEYDB_STORAGE_ACCESSKEY".into(), get("KEYDB_TEST_S3_SECRET_ACCESS_KEY")),
+        ("KEYDB_STORAGE_BUCKET".into(), get("S3_TEST_BUCKET")),
+        ("KEYDB_STORAGE_ENDPOINT".into(), get("S3_TEST_ENDPOINT")),
+        ("KEYDB_STORAGE_ACCESSKEYID".into(), get("S3_TEST_ACCESS_KEY_ID")),
+        ("KEYDB_STORAGE_ACCESSKEY".into(), get("S3_TEST_SECRET_ACCESS_KEY")),
         ("KEYDB_STORAGE_PREFIX".into(), prefix.into()),
     ]
 }
 
-const VARS: [&str; 4] = [
-    "KEYDB_TEST_S3_ENDPOINT",
-    "KEYDB_TEST_S3_BUCKET",
-    "KEYDB_TEST_S3_ACCESS_KEY_ID",
-    "KEYDB_TEST_S3_SECRET_ACCESS_KEY",
-];
+const VARS: [&str; 4] =
+    ["S3_TEST_ENDPOINT", "S3_TEST_BUCKET", "S3_TEST_ACCESS_KEY_ID", "S3_TEST_SECRET_ACCESS_KEY"];
 
 /// The shared Garage's variables. Under `CI=true` its absence fails the
 /// test; elsewhere the test is reported and passes without S3 (run
@@ -34,9 +30,9 @@ pub fn shared() -> Option<Vec<(String, String)>> {
     if vars.is_none() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "no Garage (KEYDB_TEST_S3_*): S3 tests must run in CI; use ./scripts/test.sh"
+            "no Garage (S3_TEST_*): S3 tests must run in CI; use ./scripts/test.sh"
         );
-        eprintln!("NOTE: S3 part not run: no Garage (KEYDB_TEST_S3_*); use ./scripts/test.sh");
+        eprintln!("NOTE: S3 part not run: no Garage (S3_TEST_*); use ./scripts/test.sh");
     }
     vars
 }

@@ -315,3 +315,34 @@ pub fn try_put(addr: &str, keys: &[String], ttl: u64) -> Result<(), String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// `n` nodes on free ports sharing one `fs` object store.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub addresses: Vec<String>,
+    pub objects: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(n: usize, extra: &[(&str, &str)]) -> Cluster {
+        let objects = tempfile::tempdir().unwrap();
+        let addresses = addresses(n);
+        let path = objects.path().to_str().unwrap().to_string();
+        let mut env = vec![("KEYDB_STORAGE_PATH", path.as_str())];
+        env.extend_from_slice(extra);
+        let mut nodes: Vec<Node> = (0..n)
+            .map(|id| {
+                let port: u16 = addresses[id].rsplit_once(':').unwrap().1.parse().unwrap();
+                let list = addresses.join(",");
+                let id = id.to_string();
+                let mut all = vec![("KEYDB_NODE_ADDRESSES", list.as_str()), ("KEYDB_NODE_ID", id.as_str())];
+                all.extend_from_slice(&env);
+                Node::launch(port, &all)
+            })
+            .collect();
+        for node in &mut nodes {
+            node.wait_ready();
+        }
+        Cluster { nodes, addresses, objects }
+    }
+}

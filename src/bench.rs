@@ -1,0 +1,244 @@
+//! A load generator for `keydb-admin bench`: puts N distinct keys in
+//! batches, then gets them back mixed with absent keys, with a number of
+//! concurrent workers, and measures keys/s and latency per batch. Every
+//! answer is checked (a stored key must be present, an absent one absent),
+//! so a fast wrong server cannot score.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+
+use crate::client::Client;
+
+/// Which API the load goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// The Rust client: binary fast path, routed, parallel per node.
+    Client,
+    /// Plain JSON requests to the first address (a single node).
+    Json,
+}
+
+/// Told of every finished batch: the phase and the keys done so far in it.
+pub type Progress = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub keys: u64,
+    /// Bytes per key (at least enough for a unique suffix).
+    pub key_len: usize,
+    pub batch: usize,
+    pub concurrency: usize,
+    /// Fraction of get keys that were put (the rest are absent).
+    pub hit_ratio: f64,
+    pub ttl: Duration,
+    pub wire: Wire,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub keys: u64,
+    pub seconds: f64,
+    pub keys_per_sec: f64,
+    pub batch_p50_ms: f64,
+    pub batch_p99_ms: f64,
+    pub batch_p999_ms: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Client(#[from] crate::client::ClientError),
+    #[error("wrong answer: {0}")]
+    Wrong(String),
+    #[error("{0}")]
+    Http(String),
+}
+
+/// Key `i` of a run: unique per run, padded to `len` bytes.
+fn key(run: u64, i: u64, len: usize) -> String {
+    let k = format!("b{run:x}-{i}");
+    if k.len() >= len {
+        k
+    } else {
+        format!("{k}{}", "x".repeat(len - k.len()))
+    }
+}
+
+struct Target {
+    client: Client,
+    http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    first: String,
+    wire: Wire,
+}
+
+impl Target {
+    async fn put(&self, keys: &[String], ttl: Duration) -> Result<(), BenchError> {
+        match self.wire {
+            Wire::Client => Ok(self.client.put(keys, ttl).await?),
+            Wire::Json => {
+                let body = serde_json::json!({"keys": keys, "ttl_seconds": ttl.as_secs()});
+                self.json("/put", body).await.map(|_| ())
+            }
+        }
+    }
+
+    async fn get(&self, keys: &[String]) -> Result<Vec<bool>, BenchError> {
+        match self.wire {
+            Wire::Client => Ok(self.client.get(keys).await?),
+            Wire::Json => {
+                let v = self.json("/get", serde_json::json!({ "keys": keys })).await?;
+                serde_json::from_value(v["exists"].clone()).map_err(|e| BenchError::Http(e.to_string()))
+            }
+        }
+    }
+
+    async fn json(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, BenchError> {
+        let request = hyper::Request::post(format!("http://{}{path}", self.first))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| BenchError::Http(e.to_string()))?;
+        let response = self.http.request(request).await.map_err(|e| BenchError::Http(e.to_string()))?;
+        let status = response.status();
+        let bytes =
+            response.into_body().collect().await.map_err(|e| BenchError::Http(e.to_string()))?.to_bytes();
+        if !status.is_success() {
+            return Err(BenchError::Http(format!("{status}: {}", String::from_utf8_lossy(&bytes))));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| BenchError::Http(e.to_string()))
+    }
+}
+
+/// Runs the put phase, then the get phase; `progress` is told of every
+/// finished batch (keys done so far in the phase).
+pub async fn run(
+    client: Client,
+    first_address: String,
+    cfg: BenchConfig,
+    progress: Progress,
+) -> Result<Vec<Phase>, BenchError> {
+    let run_id =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let target = Arc::new(Target {
+        client,
+        http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+        first: first_address,
+        wire: cfg.wire,
+    });
+    let cfg = Arc::new(cfg);
+    let batches = cfg.keys.div_ceil(cfg.batch as u64);
+
+    let put = phase("put", &cfg, batches, progress.clone(), {
+        let target = target.clone();
+        let cfg = cfg.clone();
+        move |b| {
+            let target = target.clone();
+            let cfg = cfg.clone();
+            async move {
+                let start = b * cfg.batch as u64;
+                let end = (start + cfg.batch as u64).min(cfg.keys);
+                let keys: Vec<String> = (start..end).map(|i| key(run_id, i, cfg.key_len)).collect();
+                target.put(&keys, cfg.ttl).await?;
+                Ok(keys.len() as u64)
+            }
+        }
+    })
+    .await?;
+
+    let get = phase("get", &cfg, batches, progress, {
+        let target = target.clone();
+        let cfg = cfg.clone();
+        move |b| {
+            let target = target.clone();
+            let cfg = cfg.clone();
+            async move {
+                let start = b * cfg.batch as u64;
+                let end = (start + cfg.batch as u64).min(cfg.keys);
+                // Key i is a hit when its position falls under the ratio.
+                let hit = |i: u64| ((i * 2_654_435_761) % 1000) < (cfg.hit_ratio * 1000.0) as u64;
+                let keys: Vec<String> =
+                    (start..end)
+                        .map(|i| {
+                            if hit(i) {
+                                key(run_id, i, cfg.key_len)
+                            } else {
+                                key(run_id ^ 1, i, cfg.key_len)
+                            }
+                        })
+                        .collect();
+                let answers = target.get(&keys).await?;
+                for (i, (k, &a)) in (start..end).zip(keys.iter().zip(&answers)) {
+                    if a != hit(i) {
+                        return Err(BenchError::Wrong(format!("get({k}) answered {a}")));
+                    }
+                }
+                Ok(keys.len() as u64)
+            }
+        }
+    })
+    .await?;
+    Ok(vec![put, get])
+}
+
+async fn phase<F, Fut>(
+    name: &str,
+    cfg: &BenchConfig,
+    batches: u64,
+    progress: Progress,
+    work: F,
+) -> Result<Phase, BenchError>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, BenchError>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..cfg.concurrency)
+        .map(|_| {
+            let (next, done, work, progress, name) =
+                (next.clone(), done.clone(), work.clone(), progress.clone(), name.to_string());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let b = next.fetch_add(1, Ordering::Relaxed);
+                    if b >= batches {
+                        return Ok::<_, BenchError>(latencies);
+                    }
+                    let t = Instant::now();
+                    let n = work(b).await?;
+                    latencies.push(t.elapsed());
+                    progress(&name, done.fetch_add(n, Ordering::Relaxed) + n);
+                }
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = Vec::new();
+    for w in workers {
+        latencies.extend(w.await.map_err(|e| BenchError::Http(e.to_string()))??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let keys = done.load(Ordering::Relaxed);
+    Ok(Phase {
+        name: name.to_string(),
+        keys,
+        seconds,
+        keys_per_sec: keys as f64 / seconds,
+        batch_p50_ms: pct(0.50),
+        batch_p99_ms: pct(0.99),
+        batch_p999_ms: pct(0.999),
+    })
+}

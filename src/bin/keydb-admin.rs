@@ -1,0 +1,450 @@
+//! `keydb-admin`: the operator's CLI. Thin: parses flags, calls the client
+//! library, prints tables (or JSON with `--json`).
+//!
+//! Exit codes: 0 success, 1 a failed operation, 2 bad usage.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use keydb::assignment;
+use keydb::bench::{BenchConfig, Wire};
+use keydb::client::{Client, Config};
+
+#[derive(Parser)]
+#[command(name = "keydb-admin", version, about = "Operate a KeyDB cluster")]
+struct Cli {
+    /// Node addresses (host:port, comma-separated); one is enough.
+    #[arg(long, env = "KEYDB_ADDRESSES", value_delimiter = ',', global = true)]
+    addresses: Vec<String>,
+    /// The cluster's number of hash ranges.
+    #[arg(long, default_value_t = 128, global = true, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    total_hash_ranges: u32,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Nodes of the cluster: ranges, keys, last snapshot, state.
+    Info {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<u32>,
+    },
+    /// Store keys (arguments, or one per line on stdin).
+    Put {
+        /// Time to live, e.g. 24h, 90m, 3600s.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Duration,
+        keys: Vec<String>,
+    },
+    /// Which keys exist (arguments, or one per line on stdin).
+    Get { keys: Vec<String> },
+    /// Deduplicate: which keys existed; stores the others.
+    Claim {
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Duration,
+        keys: Vec<String>,
+    },
+    /// Snapshot every node's ranges to the object store.
+    CreateSnapshots {
+        /// Write full segments and drop older ones.
+        #[arg(long)]
+        full_sync: bool,
+    },
+    /// Finish a scale once no node is loading ranges.
+    ScaleComplete,
+    /// Which ranges move, and where, when the cluster goes from N to M nodes.
+    Plan {
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        from: u32,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        to: u32,
+    },
+    /// Load the cluster: put N keys in batches, then get them back mixed
+    /// with absent keys; checks every answer and prints keys/s and latency.
+    Bench {
+        /// Distinct keys to put.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        key_len: u64,
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        batch: u64,
+        /// Concurrent batches in flight.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        concurrency: u64,
+        /// Fraction of the gets that ask for a stored key.
+        #[arg(long, default_value_t = 0.5)]
+        hit_ratio: f64,
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+        /// Send plain JSON to the first address instead of using the client
+        /// (binary fast path).
+        #[arg(long)]
+        json_api: bool,
+    },
+    /// Run a local cluster of N nodes on consecutive ports over a shared
+    /// folder store; Ctrl-C stops them all.
+    LocalCluster {
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+        nodes: u32,
+        #[arg(long, default_value_t = 50051)]
+        base_port: u16,
+        /// Data dirs and the object store folder go here.
+        #[arg(long, default_value = "./keydb-data")]
+        dir: std::path::PathBuf,
+    },
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 24h, 90m, 3600s)"))?;
+    if d.as_secs() == 0 || d.as_secs() > keydb::wire::MAX_TTL_SECONDS {
+        return Err(format!("must be 1s..={}s", keydb::wire::MAX_TTL_SECONDS));
+    }
+    Ok(d)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keydb-admin: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keydb-admin: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(message: &str) -> ! {
+    eprintln!("keydb-admin: {message}");
+    std::process::exit(2)
+}
+
+fn client(cli: &Cli) -> Client {
+    if cli.addresses.is_empty() {
+        usage("no addresses: pass --addresses host:port[,host:port...] or set KEYDB_ADDRESSES");
+    }
+    let config = Config {
+        addresses: cli.addresses.clone(),
+        total_hash_ranges: cli.total_hash_ranges,
+        ..Default::default()
+    };
+    Client::new(config).unwrap_or_else(|e| usage(&e.to_string()))
+}
+
+/// Keys from the arguments, or one per line on stdin.
+fn keys(args: &[String]) -> Result<Vec<String>> {
+    if !args.is_empty() {
+        return Ok(args.to_vec());
+    }
+    std::io::stdin()
+        .lock()
+        .lines()
+        .filter(|l| !matches!(l, Ok(s) if s.is_empty()))
+        .collect::<Result<_, _>>()
+        .context("reading keys from stdin")
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Info { node } => info(&cli, *node).await,
+        Command::Put { ttl, keys: args } => {
+            let keys = keys(args)?;
+            let client = client(&cli);
+            for chunk in keys.chunks(10_000) {
+                client.put(chunk, *ttl).await?;
+            }
+            if cli.json {
+                print_json(&serde_json::json!({"success": true, "keys": keys.len()}));
+            } else {
+                println!("stored {} keys for {}", keys.len(), humantime::format_duration(*ttl));
+            }
+            Ok(())
+        }
+        Command::Get { keys: args } => {
+            let keys = keys(args)?;
+            let client = client(&cli);
+            let mut answers = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(10_000) {
+                answers.extend(client.get(chunk).await?);
+            }
+            print_answers(&cli, &keys, &answers, "exists", "present", "absent");
+            Ok(())
+        }
+        Command::Claim { ttl, keys: args } => {
+            let keys = keys(args)?;
+            let client = client(&cli);
+            let mut answers = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(10_000) {
+                answers.extend(client.claim(chunk, *ttl).await?);
+            }
+            print_answers(&cli, &keys, &answers, "existed", "duplicate", "new");
+            Ok(())
+        }
+        Command::CreateSnapshots { full_sync } => {
+            let client = client(&cli);
+            let per_node = client.create_snapshots(*full_sync).await?;
+            if cli.json {
+                let nodes: Vec<_> =
+                    per_node.iter().map(|(n, r)| serde_json::json!({"node_id": n, "ranges": r})).collect();
+                print_json(&serde_json::json!({"success": true, "nodes": nodes}));
+            } else {
+                for (node, ranges) in per_node {
+                    println!("node {node}: {ranges} ranges snapshotted");
+                }
+            }
+            Ok(())
+        }
+        Command::ScaleComplete => {
+            client(&cli).scale_complete().await?;
+            if cli.json {
+                print_json(&serde_json::json!({"success": true}));
+            } else {
+                println!("scale complete");
+            }
+            Ok(())
+        }
+        Command::Plan { from, to } => plan(&cli, *from, *to),
+        Command::LocalCluster { nodes, base_port, dir } => local_cluster(*nodes, *base_port, dir).await,
+        Command::Bench { keys, key_len, batch, concurrency, hit_ratio, ttl, json_api } => {
+            if !(0.0..=1.0).contains(hit_ratio) {
+                usage("--hit-ratio must be between 0 and 1");
+            }
+            let config = BenchConfig {
+                keys: *keys,
+                key_len: *key_len as usize,
+                batch: *batch as usize,
+                concurrency: *concurrency as usize,
+                hit_ratio: *hit_ratio,
+                ttl: *ttl,
+                wire: if *json_api { Wire::Json } else { Wire::Client },
+            };
+            bench(&cli, config).await
+        }
+    }
+}
+
+fn print_answers(cli: &Cli, keys: &[String], answers: &[bool], field: &str, yes: &str, no: &str) {
+    if cli.json {
+        print_json(&serde_json::json!({ "keys": keys, field: answers }));
+    } else {
+        for (k, &a) in keys.iter().zip(answers) {
+            println!("{}\t{k}", if a { yes } else { no });
+        }
+    }
+}
+
+async fn info(cli: &Cli, only: Option<u32>) -> Result<()> {
+    let client = client(cli);
+    let first = client.get_node_info(only.unwrap_or(0)).await?;
+    let nodes: Vec<u32> = match only {
+        Some(n) => vec![n],
+        None => (0..first.cluster_size).collect(),
+    };
+    let mut infos = Vec::new();
+    for node in nodes {
+        infos.push(client.get_node_info(node).await?);
+    }
+    if cli.json {
+        print_json(&serde_json::to_value(&infos)?);
+        return Ok(());
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    println!(
+        "cluster: epoch {}, {}, {} nodes, {} hash ranges",
+        first.epoch,
+        serde_json::to_value(first.state)?.as_str().unwrap_or("?"),
+        first.cluster_size,
+        first.total_hash_ranges
+    );
+    println!("{:<4} {:<22} {:>6} {:>12} {:>14}  state", "id", "address", "ranges", "keys", "last snapshot");
+    for i in &infos {
+        let snapshot = match i.last_snapshot_timestamp {
+            0 => "never".to_string(),
+            t => format!("{}s ago", now.saturating_sub(t)),
+        };
+        let state = match (i.ranges_loading.len(), i.ranges_draining.len()) {
+            (0, 0) => "serving".to_string(),
+            (l, d) => format!("{l} loading, {d} draining"),
+        };
+        let address = i.addresses.get(i.node_id as usize).cloned().unwrap_or_default();
+        println!(
+            "{:<4} {:<22} {:>6} {:>12} {:>14}  {state}",
+            i.node_id,
+            address,
+            i.hash_ranges.len(),
+            i.keys_count,
+            snapshot
+        );
+    }
+    Ok(())
+}
+
+fn plan(cli: &Cli, from: u32, to: u32) -> Result<()> {
+    let r = cli.total_hash_ranges;
+    if from > r || to > r {
+        usage(&format!("--from and --to must be at most --total-hash-ranges ({r})"));
+    }
+    let moves = assignment::moves(r, from, to);
+    if cli.json {
+        print_json(
+            &serde_json::json!({"from": from, "to": to, "total_hash_ranges": r, "moved": moves.len(), "moves": moves}),
+        );
+        return Ok(());
+    }
+    println!("{from} -> {to} nodes, {r} hash ranges: {} ranges move (the minimum)", moves.len());
+    let mut by_pair: std::collections::BTreeMap<(u32, u32), Vec<u32>> = Default::default();
+    for m in &moves {
+        by_pair.entry((m.from, m.to)).or_default().push(m.range);
+    }
+    for ((f, t), ranges) in by_pair {
+        println!("  node {f} -> node {t}: {} ranges {:?}", ranges.len(), ranges);
+    }
+    Ok(())
+}
+
+async fn local_cluster(nodes: u32, base_port: u16, dir: &std::path::Path) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(last_port) = base_port.checked_add(nodes as u16 - 1) else { usage("--base-port too high") };
+    let node_bin = std::env::current_exe()?.with_file_name("keydb-node");
+    if !node_bin.exists() {
+        bail!("{} not found: build it with `cargo build --release --bins`", node_bin.display());
+    }
+    // Before any node starts, so that no signal can orphan one.
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let addresses: Vec<String> = (base_port..=last_port).map(|p| format!("127.0.0.1:{p}")).collect();
+    std::fs::create_dir_all(dir)?;
+    let mut children = Vec::new();
+    for (id, address) in addresses.iter().enumerate() {
+        let port = base_port + id as u16;
+        let log = std::fs::File::create(dir.join(format!("node-{id}.log")))?;
+        let child = std::process::Command::new(&node_bin)
+            .env("KEYDB_NODE_ID", id.to_string())
+            .env("KEYDB_NODE_ADDRESSES", addresses.join(","))
+            .env("KEYDB_PORT", port.to_string())
+            .env("KEYDB_BIND", "127.0.0.1")
+            .env("KEYDB_DATA_DIR", dir.join(format!("node-{id}")))
+            .env("KEYDB_STORAGE_PATH", dir.join("objects"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn();
+        match child {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                stop_all(&mut children);
+                bail!("starting node {id} on {address}: {e}");
+            }
+        }
+    }
+    let client = Client::new(Config { addresses: addresses.clone(), ..Default::default() })?;
+    // A signal while starting is a normal stop, like one afterwards.
+    let stopped = tokio::select! {
+        r = wait_ready(&client, &mut children, dir) => match r {
+            Ok(()) => false,
+            Err(e) => {
+                stop_all(&mut children);
+                return Err(e);
+            }
+        },
+        _ = terminate.recv() => true,
+        _ = interrupt.recv() => true,
+    };
+    if stopped {
+        stop_all(&mut children);
+        return Ok(());
+    }
+    println!("KeyDB local cluster: {nodes} nodes, data in {}", dir.display());
+    for (id, a) in addresses.iter().enumerate() {
+        println!("  node {id}: http://{a}  (log: {})", dir.join(format!("node-{id}.log")).display());
+    }
+    println!("Try: keydb-admin --addresses {} info", addresses[0]);
+    println!("Ctrl-C stops every node.");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    println!("stopping...");
+    stop_all(&mut children);
+    Ok(())
+}
+
+async fn wait_ready(
+    client: &Client,
+    children: &mut [std::process::Child],
+    dir: &std::path::Path,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for (id, child) in children.iter_mut().enumerate() {
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!("node {id} exited with {status}; see {}", dir.join(format!("node-{id}.log")).display());
+            }
+            if client.get_node_info(id as u32).await.is_ok_and(|i| i.ranges_loading.is_empty()) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("node {id} did not become ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// SIGTERM to every node (they flush their WAL and exit), then waits.
+fn stop_all(children: &mut [std::process::Child]) {
+    for child in children.iter() {
+        let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    }
+    for child in children.iter_mut() {
+        let _ = child.wait();
+    }
+}
+
+async fn bench(cli: &Cli, config: BenchConfig) -> Result<()> {
+    let client = client(cli);
+    let quiet = cli.json;
+    let total = config.keys;
+    let progress: keydb::bench::Progress = std::sync::Arc::new(move |phase, done| {
+        // One line per tenth, on stderr, so that stdout stays parseable.
+        let step = (total / 10).max(1);
+        if !quiet && done % step < 1000.min(step) {
+            eprintln!("  {phase}: {done}/{total} keys");
+        }
+    });
+    let phases = keydb::bench::run(client, cli.addresses[0].clone(), config, progress).await?;
+    if cli.json {
+        print_json(&serde_json::to_value(&phases)?);
+        return Ok(());
+    }
+    println!(
+        "{:<5} {:>10} {:>8} {:>12} {:>10} {:>10} {:>10}",
+        "phase", "keys", "seconds", "keys/s", "p50 ms", "p99 ms", "p99.9 ms"
+    );
+    for p in phases {
+        println!(
+            "{:<5} {:>10} {:>8.2} {:>12.0} {:>10.2} {:>10.2} {:>10.2}",
+            p.name, p.keys, p.seconds, p.keys_per_sec, p.batch_p50_ms, p.batch_p99_ms, p.batch_p999_ms
+        );
+    }
+    Ok(())
+}

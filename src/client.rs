@@ -1,0 +1,552 @@
+//! The Rust client: routes keys itself, sends one binary request per node
+//! in parallel over pooled connections, learns the cluster view, and retries
+//! what is safe to retry.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keydb::client::ClientError> {
+//! use std::time::Duration;
+//! use keydb::client::{Client, Config};
+//! let client = Client::new(Config {
+//!     addresses: vec!["localhost:50051".into()],
+//!     ..Default::default()
+//! })?;
+//! client.put(&["event-1", "event-2"], Duration::from_secs(86_400)).await?;
+//! let seen: Vec<bool> = client.get(&["event-1", "event-3"]).await?;
+//! let existed: Vec<bool> = client.claim(&["event-2", "event-4"], Duration::from_secs(86_400)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Retries: gets and puts are retried on any transient failure (connection
+//! refused or reset, timeouts, 503, 421 with a newer view) with a delay
+//! doubling from `retry_delay`, at most `retry_count` times. A claim is
+//! retried only when the failure proves it was not applied (connection
+//! refused, 421, 503); otherwise its outcome is unknown and the caller gets
+//! [`ClientError::OutcomeUnknown`], because a blind retry would answer
+//! "existed" for keys the lost attempt stored.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::assignment;
+use crate::fingerprint::{checked_fingerprint, Fingerprint};
+use crate::view::ViewWire;
+use crate::wire::{self, BinaryKeys, BinaryRequest, Info, MAX_TTL_SECONDS};
+
+/// Client settings. `addresses` may name a single node: the client learns
+/// the others from it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addresses: Vec<String>,
+    /// Must equal the cluster's.
+    pub total_hash_ranges: u32,
+    /// Retries after the first attempt.
+    pub retry_count: u32,
+    /// Delay before the first retry; doubled for each further one.
+    pub retry_delay: Duration,
+    /// Deadline of one HTTP request.
+    pub request_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addresses: Vec::new(),
+            total_hash_ranges: 128,
+            retry_count: 3,
+            retry_delay: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+    #[error("invalid request: {0}")]
+    InvalidInput(String),
+    #[error("the cluster has {cluster} hash ranges but the client is configured with {configured}")]
+    RangeMismatch { cluster: u32, configured: u32 },
+    /// The node refused the request for good (bad input, a bug): retrying
+    /// the same request will not help.
+    #[error("node {node} ({address}) answered {status} {code}: {message}")]
+    Rejected { node: u32, address: String, status: u16, code: String, message: String },
+    /// Still failing after every retry.
+    #[error("node {node} ({address}) failed after {attempts} attempts: {reason}")]
+    Unavailable { node: u32, address: String, attempts: u32, reason: String },
+    /// A claim may or may not have been applied; see the module docs.
+    #[error("claim outcome unknown on node {node} ({address}): {reason}")]
+    OutcomeUnknown { node: u32, address: String, reason: String },
+}
+
+impl ClientError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::Unavailable { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Get,
+    Put,
+    Claim,
+}
+
+impl Op {
+    fn path(self) -> &'static str {
+        match self {
+            Op::Get => "/get",
+            Op::Put => "/put",
+            Op::Claim => "/claim",
+        }
+    }
+}
+
+/// What the client believes the cluster looks like.
+#[derive(Debug, Clone)]
+struct View {
+    /// 0 until learned from a node.
+    epoch: u64,
+    addresses: Vec<String>,
+    owners: Vec<u32>,
+}
+
+/// How one HTTP exchange failed.
+enum Failure {
+    /// Refused before anything was sent: certainly not applied.
+    Connect(String),
+    /// Sent, but no answer: maybe applied.
+    Lost(String),
+    /// An error answer.
+    Status { status: u16, code: String, message: String, view: Option<ViewWire> },
+}
+
+type Http = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+
+/// A KeyDB client; cheap to clone, safe to share between tasks.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    http: Http,
+    view: RwLock<Arc<View>>,
+}
+
+impl Client {
+    pub fn new(config: Config) -> Result<Client, ClientError> {
+        if config.addresses.is_empty() {
+            return Err(ClientError::Config("no addresses".into()));
+        }
+        if config.total_hash_ranges == 0 || config.total_hash_ranges as usize > 65_536 {
+            return Err(ClientError::Config(format!(
+                "total_hash_ranges {} is not in 1..=65536",
+                config.total_hash_ranges
+            )));
+        }
+        if config.addresses.len() > config.total_hash_ranges as usize {
+            return Err(ClientError::Config("more addresses than hash ranges".into()));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let owners = assignment::owners(config.total_hash_ranges, config.addresses.len() as u32);
+        let view = View { epoch: 0, addresses: config.addresses.clone(), owners };
+        Ok(Client { inner: Arc::new(Inner { config, http, view: RwLock::new(Arc::new(view)) }) })
+    }
+
+    /// Stores keys for `ttl` (an existing key keeps the later expiry).
+    pub async fn put<K: AsRef<[u8]>>(&self, keys: &[K], ttl: Duration) -> Result<(), ClientError> {
+        let ttl = check_ttl(ttl)?;
+        self.data(Op::Put, fingerprints(keys)?, ttl).await.map(|_| ())
+    }
+
+    /// For each key, in order: does it exist?
+    pub async fn get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<bool>, ClientError> {
+        self.data(Op::Get, fingerprints(keys)?, 0).await
+    }
+
+    /// For each key, in order: did it exist before? The ones that did not
+    /// are stored for `ttl`. Exactly one of concurrent claims of a key sees
+    /// `false`.
+    pub async fn claim<K: AsRef<[u8]>>(&self, keys: &[K], ttl: Duration) -> Result<Vec<bool>, ClientError> {
+        let ttl = check_ttl(ttl)?;
+        self.data(Op::Claim, fingerprints(keys)?, ttl).await
+    }
+
+    /// The addresses of the view the client uses now.
+    pub fn addresses(&self) -> Vec<String> {
+        self.view().addresses.clone()
+    }
+
+    /// The epoch of the view the client uses now (0 before it learned one).
+    pub fn epoch(&self) -> u64 {
+        self.view().epoch
+    }
+
+    /// `GET /info` of one node of the current view.
+    pub async fn get_node_info(&self, node_id: u32) -> Result<Info, ClientError> {
+        self.learn_view().await?;
+        let address = self.address(node_id)?;
+        let body = self.call_json(node_id, &address, Method::GET, "/info", None).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Rejected {
+            node: node_id,
+            address,
+            status: 200,
+            code: "invalid_response".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Snapshots every node's ranges to the object store; returns, per node,
+    /// the number of ranges snapshotted.
+    pub async fn create_snapshots(&self, full_sync: bool) -> Result<Vec<(u32, u64)>, ClientError> {
+        self.learn_view().await?;
+        let body = serde_json::json!({ "full_sync": full_sync }).to_string();
+        let replies = self.on_every_node("/createSnapshots", &body).await?;
+        Ok(replies.into_iter().map(|(node, v)| (node, v["ranges"].as_u64().unwrap_or(0))).collect())
+    }
+
+    /// Starts scaling to `addresses` (the old nodes first, in order) on every
+    /// node of the old and new lists; returns the new epoch.
+    pub async fn scale(&self, addresses: &[String]) -> Result<u64, ClientError> {
+        self.learn_view().await?;
+        let body = serde_json::json!({ "addresses": addresses }).to_string();
+        let old = self.addresses();
+        let mut targets: Vec<String> = old.clone();
+        targets.extend(addresses.iter().filter(|a| !old.contains(a)).cloned());
+        let mut epoch = 0;
+        for (node, address) in targets.iter().enumerate() {
+            let reply =
+                self.call_json(node as u32, address, Method::POST, "/scale", Some(body.clone())).await?;
+            let v: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+            epoch = epoch.max(v["epoch"].as_u64().unwrap_or(0));
+        }
+        self.refresh_from(addresses.first().map_or("", String::as_str)).await;
+        Ok(epoch)
+    }
+
+    /// Ends a scale on every node (fails while a node still loads ranges).
+    pub async fn scale_complete(&self) -> Result<(), ClientError> {
+        self.learn_view().await?;
+        self.on_every_node("/scaleComplete", "{}").await.map(|_| ())
+    }
+
+    fn view(&self) -> Arc<View> {
+        self.inner.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn address(&self, node: u32) -> Result<String, ClientError> {
+        self.view()
+            .addresses
+            .get(node as usize)
+            .cloned()
+            .ok_or_else(|| ClientError::InvalidInput(format!("no node {node} in the cluster")))
+    }
+
+    /// Adopts `wire` if it is newer than the current view.
+    fn adopt(&self, wire: &ViewWire) -> Result<(), ClientError> {
+        let configured = self.inner.config.total_hash_ranges;
+        if wire.total_hash_ranges != configured {
+            return Err(ClientError::RangeMismatch { cluster: wire.total_hash_ranges, configured });
+        }
+        if wire.addresses.is_empty() || wire.addresses.len() > configured as usize {
+            return Ok(());
+        }
+        let mut view = self.inner.view.write().unwrap_or_else(|e| e.into_inner());
+        if wire.epoch > view.epoch {
+            let owners = assignment::owners(configured, wire.addresses.len() as u32);
+            *view = Arc::new(View { epoch: wire.epoch, addresses: wire.addresses.clone(), owners });
+        }
+        Ok(())
+    }
+
+    /// Learns the view from the first node that answers, once.
+    async fn learn_view(&self) -> Result<(), ClientError> {
+        if self.view().epoch > 0 {
+            return Ok(());
+        }
+        for address in self.inner.config.addresses.clone() {
+            if let Ok(info) = self.fetch_info(&address).await {
+                return self.adopt(&info.view());
+            }
+        }
+        // Nobody answered: go on with the configured list; the requests
+        // will report which node fails and why.
+        Ok(())
+    }
+
+    async fn fetch_info(&self, address: &str) -> Result<Info, String> {
+        let (status, body) =
+            self.exchange(address, Method::GET, "/info", None).await.map_err(|f| match f {
+                Failure::Connect(m) | Failure::Lost(m) => m,
+                Failure::Status { message, .. } => message,
+            })?;
+        if status != StatusCode::OK {
+            return Err(format!("status {status}"));
+        }
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    }
+
+    /// Refreshes the view from one node, ignoring failures (best effort).
+    async fn refresh_from(&self, address: &str) {
+        if let Ok(info) = self.fetch_info(address).await {
+            let _ = self.adopt(&info.view());
+        }
+    }
+
+    async fn data(&self, op: Op, fps: Vec<Fingerprint>, ttl: u32) -> Result<Vec<bool>, ClientError> {
+        self.learn_view().await?;
+        let config = &self.inner.config;
+        let mut answers = vec![false; if op == Op::Put { 0 } else { fps.len() }];
+        let mut pending: Vec<usize> = (0..fps.len()).collect();
+        let mut delay = config.retry_delay;
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let view = self.view();
+            let mut by_node: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+            for &i in &pending {
+                let node = view.owners[fps[i].range(config.total_hash_ranges) as usize];
+                by_node.entry(node).or_default().push(i);
+            }
+            let calls = by_node.into_iter().map(|(node, positions)| {
+                let address = view.addresses[node as usize].clone();
+                let batch: Vec<u128> = positions.iter().map(|&i| fps[i].0).collect();
+                async move {
+                    let result = self.send_batch(&address, op, batch, ttl).await;
+                    (node, address, positions, result)
+                }
+            });
+            let mut retry = Vec::new();
+            let mut wait = false;
+            let mut last: Option<(u32, String, String)> = None;
+            for (node, address, positions, result) in join_all(calls).await {
+                match result {
+                    Ok((epoch, bits)) => {
+                        if op != Op::Put {
+                            if bits.len() != positions.len() {
+                                return Err(ClientError::Rejected {
+                                    node,
+                                    address,
+                                    status: 200,
+                                    code: "invalid_response".into(),
+                                    message: format!("{} answers for {} keys", bits.len(), positions.len()),
+                                });
+                            }
+                            for (&p, b) in positions.iter().zip(bits) {
+                                answers[p] = b;
+                            }
+                        }
+                        if epoch > view.epoch {
+                            self.refresh_from(&address).await;
+                        }
+                    }
+                    Err(Failure::Status { status: 421, view: Some(v), message, .. }) => {
+                        self.adopt(&v)?;
+                        last = Some((node, address, format!("421 wrong_node: {message}")));
+                        retry.extend(positions);
+                    }
+                    Err(Failure::Status { status: 503, view, message, .. }) => {
+                        if let Some(v) = view {
+                            self.adopt(&v)?;
+                        }
+                        last = Some((node, address, format!("503 unavailable: {message}")));
+                        wait = true;
+                        retry.extend(positions);
+                    }
+                    Err(Failure::Connect(reason)) => {
+                        last = Some((node, address, reason));
+                        wait = true;
+                        retry.extend(positions);
+                    }
+                    Err(Failure::Lost(reason)) if op == Op::Claim => {
+                        return Err(ClientError::OutcomeUnknown { node, address, reason });
+                    }
+                    Err(Failure::Lost(reason)) => {
+                        last = Some((node, address, reason));
+                        wait = true;
+                        retry.extend(positions);
+                    }
+                    Err(Failure::Status { status, code, message, .. })
+                        if op == Op::Claim && status >= 500 =>
+                    {
+                        return Err(ClientError::OutcomeUnknown {
+                            node,
+                            address,
+                            reason: format!("{status} {code}: {message}"),
+                        });
+                    }
+                    Err(Failure::Status { status, code, message, .. }) => {
+                        return Err(ClientError::Rejected { node, address, status, code, message });
+                    }
+                }
+            }
+            if retry.is_empty() {
+                break;
+            }
+            attempt += 1;
+            if attempt > config.retry_count {
+                // unwrap_or: `last` is set whenever a position is retried.
+                let (node, address, reason) = last.unwrap_or((0, String::new(), "unknown".into()));
+                return Err(ClientError::Unavailable { node, address, attempts: attempt, reason });
+            }
+            if wait {
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+            pending = retry;
+        }
+        Ok(answers)
+    }
+
+    async fn send_batch(
+        &self,
+        address: &str,
+        op: Op,
+        fps: Vec<u128>,
+        ttl: u32,
+    ) -> Result<(u64, Vec<bool>), Failure> {
+        let body = wire::encode_binary_request(&BinaryRequest {
+            ttl_seconds: u64::from(ttl),
+            keys: BinaryKeys::Fingerprints(fps),
+        });
+        let (status, bytes) = self
+            .exchange(address, Method::POST, op.path(), Some(("application/octet-stream", body.into())))
+            .await?;
+        if status != StatusCode::OK {
+            return Err(status_failure(status, &bytes));
+        }
+        let response = wire::decode_binary_response(&bytes).map_err(|e| Failure::Lost(e.to_string()))?;
+        let answers = response.answers().ok_or_else(|| Failure::Lost("malformed answer bits".into()))?;
+        Ok((response.epoch, answers))
+    }
+
+    /// A JSON call to one node; error answers become [`ClientError`]s.
+    async fn call_json(
+        &self,
+        node: u32,
+        address: &str,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Bytes, ClientError> {
+        let body = body.map(|b| ("application/json", Bytes::from(b)));
+        let unavailable =
+            |reason| ClientError::Unavailable { node, address: address.into(), attempts: 1, reason };
+        match self.exchange(address, method, path, body).await {
+            Ok((StatusCode::OK, bytes)) => Ok(bytes),
+            Ok((status, bytes)) => match status_failure(status, &bytes) {
+                Failure::Status { status, code, message, .. } => {
+                    Err(ClientError::Rejected { node, address: address.into(), status, code, message })
+                }
+                Failure::Connect(r) | Failure::Lost(r) => Err(unavailable(r)),
+            },
+            Err(Failure::Connect(r)) | Err(Failure::Lost(r)) => Err(unavailable(r)),
+            Err(Failure::Status { message, .. }) => Err(unavailable(message)),
+        }
+    }
+
+    /// POSTs `body` to every node of the view in parallel.
+    async fn on_every_node(
+        &self,
+        path: &str,
+        body: &str,
+    ) -> Result<Vec<(u32, serde_json::Value)>, ClientError> {
+        let view = self.view();
+        let calls = view.addresses.iter().enumerate().map(|(node, address)| async move {
+            let reply =
+                self.call_json(node as u32, address, Method::POST, path, Some(body.to_string())).await?;
+            Ok((node as u32, serde_json::from_slice(&reply).unwrap_or_default()))
+        });
+        join_all(calls).await.into_iter().collect()
+    }
+
+    async fn exchange(
+        &self,
+        address: &str,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> Result<(StatusCode, Bytes), Failure> {
+        let uri = format!("http://{address}{path}");
+        let mut builder = Request::builder().method(method).uri(&uri);
+        if let Some((content_type, _)) = &body {
+            builder = builder.header(hyper::header::CONTENT_TYPE, *content_type);
+        }
+        let request = builder
+            .body(Full::new(body.map(|(_, b)| b).unwrap_or_default()))
+            .map_err(|e| Failure::Connect(format!("invalid request to {uri}: {e}")))?;
+        let exchange = async {
+            let response = self.inner.http.request(request).await.map_err(|e| {
+                let message = error_chain(&e);
+                if e.is_connect() {
+                    Failure::Connect(message)
+                } else {
+                    Failure::Lost(message)
+                }
+            })?;
+            let status = response.status();
+            let bytes = response.into_body().collect().await.map_err(|e| Failure::Lost(error_chain(&e)))?;
+            Ok((status, bytes.to_bytes()))
+        };
+        match tokio::time::timeout(self.inner.config.request_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Lost(format!("no answer within {:?}", self.inner.config.request_timeout))),
+        }
+    }
+}
+
+fn status_failure(status: StatusCode, body: &[u8]) -> Failure {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    Failure::Status {
+        status: status.as_u16(),
+        code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+        message: v["error"]["message"]
+            .as_str()
+            .map_or_else(|| String::from_utf8_lossy(body).into_owned(), String::from),
+        view: serde_json::from_value(v["cluster"].clone()).ok(),
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+fn check_ttl(ttl: Duration) -> Result<u32, ClientError> {
+    let secs = ttl.as_secs();
+    if (1..=MAX_TTL_SECONDS).contains(&secs) {
+        Ok(secs as u32)
+    } else {
+        Err(ClientError::InvalidInput(format!("ttl must be 1 s ..= {MAX_TTL_SECONDS} s, got {ttl:?}")))
+    }
+}
+
+fn fingerprints<K: AsRef<[u8]>>(keys: &[K]) -> Result<Vec<Fingerprint>, ClientError> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            checked_fingerprint(i, k.as_ref()).map_err(|e| ClientError::InvalidInput(e.to_string()))
+        })
+        .collect()
+}

@@ -1,0 +1,161 @@
+//! `keydb-admin` against a live cluster: every subcommand, `--json` parsed,
+//! exit codes 0 / 1 / 2.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::Cluster;
+use serde_json::Value;
+
+const ADMIN: &str = env!("CARGO_BIN_EXE_keydb-admin");
+
+fn admin(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut child = Command::new(ADMIN)
+        .env_remove("KEYDB_ADDRESSES")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(args: &[&str], stdin: Option<&str>) -> Value {
+    let (code, out, err) = admin(args, stdin);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+}
+
+#[test]
+fn every_subcommand_against_a_live_cluster() {
+    let cluster = Cluster::start(3, &[]);
+    let a = cluster.addresses[0].as_str();
+
+    let v = json(&["--addresses", a, "--json", "put", "--ttl", "1h", "k1", "k2", "k3"], None);
+    assert_eq!(v["keys"], 3);
+    let v = json(&["--addresses", a, "--json", "put", "--ttl", "24h"], Some("s1\ns2\n\ns3\n"));
+    assert_eq!(v["keys"], 3, "keys from stdin, blank lines skipped");
+    let v = json(&["--addresses", a, "--json", "get", "k1", "s3", "nope"], None);
+    assert_eq!(v["exists"], serde_json::json!([true, true, false]));
+    let v = json(&["--addresses", a, "--json", "claim", "--ttl", "1h", "k1", "new"], None);
+    assert_eq!(v["existed"], serde_json::json!([true, false]));
+
+    let v = json(&["--addresses", a, "--json", "info"], None);
+    let nodes = v.as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    let total: u64 = nodes.iter().map(|n| n["keys_count"].as_u64().unwrap()).sum();
+    assert_eq!(total, 7);
+    let ranges: usize = nodes.iter().map(|n| n["hash_ranges"].as_array().unwrap().len()).sum();
+    assert_eq!(ranges, 128);
+    let v = json(&["--addresses", a, "--json", "info", "--node", "2"], None);
+    assert_eq!(v[0]["node_id"], 2);
+    let (code, out, _) = admin(&["--addresses", a, "info"], None);
+    assert_eq!(code, 0);
+    assert!(out.contains(&cluster.addresses[2]) && out.contains("serving"), "{out}");
+
+    let v = json(&["--addresses", a, "--json", "create-snapshots"], None);
+    let snapshotted: u64 = v["nodes"].as_array().unwrap().iter().map(|n| n["ranges"].as_u64().unwrap()).sum();
+    assert_eq!(snapshotted, 128);
+    let v = json(&["--addresses", a, "--json", "create-snapshots", "--full-sync"], None);
+    assert_eq!(v["success"], true);
+    let v = json(&["--addresses", a, "--json", "info"], None);
+    assert!(v.as_array().unwrap().iter().all(|n| n["last_snapshot_timestamp"].as_u64().unwrap() > 0));
+
+    // KEYDB_ADDRESSES works like --addresses.
+    let out = Command::new(ADMIN).env("KEYDB_ADDRESSES", a).args(["--json", "get", "k2"]).output().unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["exists"], serde_json::json!([true]));
+}
+
+#[test]
+fn plan_shows_the_minimal_moves() {
+    let v = json(&["--json", "plan", "--from", "3", "--to", "4"], None);
+    assert_eq!(v["moved"], 32);
+    assert!(v["moves"].as_array().unwrap().iter().all(|m| m["to"] == 3));
+    let v = json(&["--json", "plan", "--from", "4", "--to", "2"], None);
+    assert_eq!(v["moved"], 64);
+    let (code, out, _) = admin(&["plan", "--from", "1", "--to", "3"], None);
+    assert_eq!(code, 0);
+    assert!(out.contains("85 ranges move"), "{out}");
+}
+
+#[test]
+fn bad_usage_exits_2_and_failures_exit_1() {
+    for args in [
+        &["--bogus"][..],
+        &["info", "--node", "x"],
+        &["put", "k"],
+        &["--addresses", "127.0.0.1:1", "put", "--ttl", "0s", "k"],
+        &["--addresses", "127.0.0.1:1", "put", "--ttl", "soon", "k"],
+        &["plan", "--from", "0", "--to", "3"],
+        &["plan", "--from", "3", "--to", "200"],
+        &["--total-hash-ranges", "0", "plan", "--from", "1", "--to", "2"],
+        &["get", "k"],
+        &["frobnicate"],
+    ] {
+        let (code, _, err) = admin(args, None);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(!err.trim().is_empty(), "{args:?}: no message");
+    }
+    // A failed operation: nobody listens there.
+    let port = common::free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let (code, _, err) = admin(&["--addresses", &addr, "get", "k"], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&addr), "the message names the node: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn another_total_hash_ranges_fails_clearly() {
+    let node = common::Node::start();
+    let (code, _, err) = admin(&["--addresses", &node.addr, "--total-hash-ranges", "64", "get", "k"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("128") && err.contains("64"), "{err}");
+}
+
+/// Two consecutive free ports.
+fn free_pair() -> u16 {
+    loop {
+        let base = common::free_port();
+        let next = base.checked_add(1).filter(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if next.is_some() {
+            return base;
+        }
+    }
+}
+
+#[test]
+fn local_cluster_starts_serves_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_pair();
+    let mut child = Command::new(ADMIN)
+        .args(["local-cluster", "--nodes", "2", "--base-port", &base.to_string(), "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let a = format!("127.0.0.1:{base}");
+    common::wait_until("the local cluster to serve", std::time::Duration::from_secs(60), || {
+        admin(&["--addresses", &a, "--json", "info"], None).0 == 0
+    });
+    let v = json(&["--addresses", &a, "--json", "info"], None);
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    json(&["--addresses", &a, "--json", "put", "--ttl", "1h", "x"], None);
+    assert_eq!(json(&["--addresses", &a, "--json", "get", "x"], None)["exists"], serde_json::json!([true]));
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    // Its nodes are gone with it.
+    assert_ne!(admin(&["--addresses", &a, "info"], None).0, 0);
+}

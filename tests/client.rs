@@ -1,0 +1,159 @@
+//! The Rust client against real clusters of `keydb-node` processes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{keys, Cluster, Node};
+use keydb::assignment::owners;
+use keydb::client::{Client, ClientError, Config};
+use keydb::fingerprint::Fingerprint;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn client(addresses: &[String]) -> Client {
+    Client::new(Config { addresses: addresses.to_vec(), ..Default::default() }).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_match_a_model_and_hold_only_their_ranges() {
+    let cluster = Cluster::start(3, &[]);
+    let c = client(&cluster.addresses);
+    let present = keys("present", 100_000);
+    let absent = keys("absent", 100_000);
+    for chunk in present.chunks(1000) {
+        c.put(chunk, DAY).await.unwrap();
+    }
+    let mut asked: Vec<&String> = present.iter().chain(&absent).collect();
+    // Interleave so that every batch mixes hits, misses and nodes.
+    asked.sort_by_key(|k| Fingerprint::of(k.as_bytes()).0 as u64);
+    let model: HashSet<&String> = present.iter().collect();
+    for chunk in asked.chunks(1000) {
+        let got = c.get(chunk).await.unwrap();
+        let want: Vec<bool> = chunk.iter().map(|k| model.contains(k)).collect();
+        assert_eq!(got, want);
+    }
+    // Each node holds exactly the keys of its ranges.
+    let owner = owners(128, 3);
+    for (id, node) in cluster.nodes.iter().enumerate() {
+        let mine: Vec<String> = present
+            .iter()
+            .filter(|k| owner[Fingerprint::of(k.as_bytes()).range(128) as usize] == id as u32)
+            .cloned()
+            .collect();
+        let (_, info) = node.get_json("/info");
+        assert_eq!(info["keys_count"], mine.len(), "node {id}");
+        assert!(node.get(&mine[..100]).iter().all(|&b| b), "node {id} answers for its own keys");
+        let foreign: Vec<String> = present
+            .iter()
+            .filter(|k| owner[Fingerprint::of(k.as_bytes()).range(128) as usize] != id as u32)
+            .take(1)
+            .cloned()
+            .collect();
+        let (status, _) = node.post("/get", &serde_json::json!({ "keys": foreign }));
+        assert_eq!(status, 421, "node {id} must not answer for another node's range");
+    }
+    // Claims through the client: new keys false, then true.
+    let fresh = keys("fresh", 3000);
+    assert!(c.claim(&fresh, DAY).await.unwrap().iter().all(|&e| !e));
+    assert!(c.claim(&fresh, DAY).await.unwrap().iter().all(|&e| e));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_is_enough() {
+    let cluster = Cluster::start(3, &[]);
+    let c = client(&cluster.addresses[1..2]);
+    let k = keys("one", 5000);
+    c.put(&k, DAY).await.unwrap();
+    assert!(c.get(&k).await.unwrap().iter().all(|&b| b));
+    assert_eq!(c.addresses(), cluster.addresses);
+    assert_eq!(c.epoch(), 1);
+    // The keys really went to all three nodes.
+    for node in &cluster.nodes {
+        let (_, info) = node.get_json("/info");
+        assert!(info["keys_count"].as_u64().unwrap() > 1000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_carry_a_restart_and_give_up_with_the_node_named() {
+    let mut cluster = Cluster::start(3, &[]);
+    let patient = Client::new(Config {
+        addresses: cluster.addresses.clone(),
+        retry_count: 12,
+        retry_delay: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .unwrap();
+    let all = keys("restart", 20_000);
+    patient.put(&all[..1000], DAY).await.unwrap();
+    // Node 1 goes down; it comes back while the client is retrying.
+    cluster.nodes[1].kill9();
+    let writer = {
+        let patient = patient.clone();
+        let all = all.clone();
+        tokio::spawn(async move {
+            for chunk in all[1000..].chunks(1000) {
+                patient.put(chunk, DAY).await?;
+            }
+            patient.get(&all).await
+        })
+    };
+    let node = &mut cluster.nodes[1];
+    tokio::task::block_in_place(|| node.restart());
+    let answers = writer.await.unwrap().expect("retries should carry the restart");
+    assert!(answers.iter().all(|&b| b), "an acknowledged key is missing");
+
+    // Down for good: a typed error that names the node.
+    cluster.nodes[1].kill9();
+    let hasty = Client::new(Config {
+        addresses: cluster.addresses.clone(),
+        retry_count: 2,
+        retry_delay: Duration::from_millis(10),
+        ..Default::default()
+    })
+    .unwrap();
+    match hasty.get(&all).await {
+        Err(ClientError::Unavailable { node, address, attempts, .. }) => {
+            assert_eq!(node, 1);
+            assert_eq!(address, cluster.addresses[1]);
+            assert_eq!(attempts, 3);
+        }
+        other => panic!("expected Unavailable for node 1, got {other:?}"),
+    }
+    // A claim to a refused node is retried (provably not applied) and then
+    // reported the same way, never as a guess.
+    let claim = hasty.claim(&all[..100], DAY).await;
+    assert!(matches!(claim, Err(ClientError::Unavailable { node: 1, .. })), "{claim:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_total_hash_ranges_is_a_clear_error() {
+    let node = Node::start();
+    let c = Client::new(Config {
+        addresses: vec![node.addr.clone()],
+        total_hash_ranges: 64,
+        ..Default::default()
+    })
+    .unwrap();
+    match c.get(&["a"]).await {
+        Err(ClientError::RangeMismatch { cluster: 128, configured: 64 }) => {}
+        other => panic!("expected RangeMismatch, got {other:?}"),
+    }
+    assert!(matches!(c.put(&["a"], DAY).await, Err(ClientError::RangeMismatch { .. })));
+    // Nothing was written under the wrong routing.
+    let (_, info) = node.get_json("/info");
+    assert_eq!(info["keys_count"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_before_sending() {
+    let node = Node::start();
+    let c = client(std::slice::from_ref(&node.addr));
+    assert!(matches!(c.put(&[""], DAY).await, Err(ClientError::InvalidInput(_))));
+    assert!(matches!(c.put(&["a"], Duration::ZERO).await, Err(ClientError::InvalidInput(_))));
+    assert!(matches!(c.get(&[vec![b'x'; 1025]]).await, Err(ClientError::InvalidInput(_))));
+    assert!(Client::new(Config::default()).is_err(), "no addresses");
+    assert_eq!(c.get::<&str>(&[]).await.unwrap(), Vec::<bool>::new());
+}
