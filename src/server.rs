@@ -15,7 +15,7 @@ use actix::{Actor, Addr, Arbiter};
 use actix_web::{web, App, HttpServer};
 use futures_util::stream::{self, StreamExt};
 
-use crate::actors::{RangeActor, RouterActor, SnapshotActor};
+use crate::actors::{RangeActor, RangeState, RouterActor, RouterDeps, SnapshotActor};
 use crate::clock;
 use crate::http::{self, AppState};
 use crate::messages::{AllRestored, RangesRestored, Restore};
@@ -23,7 +23,7 @@ use crate::restore::{self, LocalState};
 use crate::settings::Settings;
 use crate::store::ObjectStore;
 use crate::table::RangeTable;
-use crate::view::{ClusterState, ClusterView, ViewWire};
+use crate::view::{ClusterState, StoredView};
 use crate::wal::Wal;
 
 /// The object store key of the authoritative cluster view.
@@ -46,13 +46,14 @@ pub enum StartError {
 }
 
 /// The view a cluster starts from when none is stored yet.
-pub fn bootstrap_view(settings: &Settings) -> ClusterView {
-    ClusterView::new(ViewWire {
+pub fn bootstrap_view(settings: &Settings) -> StoredView {
+    StoredView {
         epoch: 1,
         addresses: settings.node_addresses.clone(),
         total_hash_ranges: settings.total_hash_ranges,
         state: ClusterState::Stable,
-    })
+        previous_addresses: None,
+    }
 }
 
 /// Runs a node until the HTTP server stops (SIGINT or SIGTERM).
@@ -69,37 +70,54 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|e| StartError::Config(format!("KEYDB_DATA_DIR={}: {e}", settings.data_dir.display())))?;
     let view = resolve_view(&store, &settings).await?;
-    let total = view.total_hash_ranges();
-    let owned = view.ranges_of(settings.node_id);
+    let total = view.total_hash_ranges;
+    let plan = view.plan_for(settings.node_id);
     log::info!(
-        "object store {}; epoch {} with {} nodes; this node owns {} of {total} ranges",
+        "object store {}; epoch {} ({:?}) with {} nodes; this node keeps {}, gains {} and loses {} of {total} ranges",
         store.describe(),
-        view.epoch(),
-        view.addresses().len(),
-        owned.len()
+        view.epoch,
+        view.state,
+        view.addresses.len(),
+        plan.kept.len(),
+        plan.gained.len(),
+        plan.lost.len()
     );
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Kept alive for the life of the server; each runs range actors.
     let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
-    let mut ranges = vec![None; total as usize];
-    let mut range_addrs = Vec::new();
-    for (i, &range) in owned.iter().enumerate() {
-        let arbiter = &arbiters[i % arbiters.len()];
-        let addr = RangeActor::start_in_arbiter(&arbiter.handle(), move |_| RangeActor::new(range));
-        ranges[range as usize] = Some(addr.clone());
-        range_addrs.push((range, addr));
+    let mut slots = Vec::new();
+    let targets = [
+        (&plan.kept, RangeState::Serving),
+        (&plan.gained, RangeState::Loading),
+        (&plan.lost, RangeState::Draining),
+    ];
+    for (ranges, target) in targets {
+        for &range in ranges {
+            let arbiter = &arbiters[slots.len() % arbiters.len()];
+            let addr = RangeActor::start_in_arbiter(&arbiter.handle(), move |_| RangeActor::new(range));
+            slots.push((range, addr, target));
+        }
     }
     let last_snapshot = Arc::new(AtomicU64::new(0));
-    let router = RouterActor::new(settings.node_id, view.clone(), ranges, last_snapshot.clone()).start();
-    let snapshots = SnapshotActor::new(&settings, store.clone(), range_addrs.clone(), last_snapshot).start();
+    let snapshots = SnapshotActor::new(&settings, store.clone(), last_snapshot.clone()).start();
+    let deps = RouterDeps {
+        node_id: settings.node_id,
+        store: store.clone(),
+        snapshots: snapshots.clone(),
+        arbiters: arbiters.iter().map(|a| a.handle()).collect(),
+        last_snapshot,
+    };
+    let to_restore: Vec<(u32, Addr<RangeActor>, bool)> =
+        slots.iter().map(|(r, a, target)| (*r, a.clone(), *target == RangeState::Loading)).collect();
+    let router = RouterActor::new(deps, view, slots).start();
 
     let wal_slot: WalSlot = Arc::default();
     actix_web::rt::spawn(restore_ranges(Restorer {
         data_dir: settings.data_dir.clone(),
         total_hash_ranges: total,
-        store,
-        ranges: range_addrs,
+        store: store.clone(),
+        ranges: to_restore,
         router: router.clone(),
         snapshots: snapshots.clone(),
         wal_slot: wal_slot.clone(),
@@ -108,6 +126,8 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     let state = web::Data::new(AppState {
         router,
         snapshots,
+        store,
+        scale_lock: Arc::default(),
         node_id: settings.node_id,
         max_keys_per_request: settings.max_keys_per_request,
         max_body_bytes: settings.max_body_bytes,
@@ -138,17 +158,17 @@ fn view_cache(data_dir: &Path) -> PathBuf {
 /// Reads the cluster view from the object store, or writes the bootstrap
 /// view there if the cluster has none. While the store is unreachable, a
 /// view cached on local disk is used if there is one; otherwise it retries.
-async fn resolve_view(store: &ObjectStore, settings: &Settings) -> Result<ClusterView, StartError> {
+async fn resolve_view(store: &ObjectStore, settings: &Settings) -> Result<StoredView, StartError> {
     let mut delay = Duration::from_millis(250);
     let wire = loop {
         match store.get(VIEW_KEY).await {
             Ok(Some(bytes)) => {
-                break serde_json::from_slice::<ViewWire>(&bytes).map_err(|e| {
+                break serde_json::from_slice::<StoredView>(&bytes).map_err(|e| {
                     StartError::Config(format!("{VIEW_KEY} in {} is corrupt: {e}", store.describe()))
                 })?;
             }
             Ok(None) => {
-                let view = bootstrap_view(settings).wire().clone();
+                let view = bootstrap_view(settings);
                 // unwrap: a view always serializes.
                 match store.put(VIEW_KEY, serde_json::to_vec_pretty(&view).unwrap()).await {
                     Ok(()) => {
@@ -192,26 +212,29 @@ async fn resolve_view(store: &ObjectStore, settings: &Settings) -> Result<Cluste
     {
         log::warn!("cannot cache the view on disk: {e}");
     }
-    Ok(ClusterView::new(wire))
+    Ok(wire)
 }
 
 struct Restorer {
     data_dir: PathBuf,
     total_hash_ranges: u32,
     store: ObjectStore,
-    ranges: Vec<(u32, Addr<RangeActor>)>,
+    /// Every range to restore, and whether it is gained in a scale (then
+    /// only its local part is restored here; the loader does the rest).
+    ranges: Vec<(u32, Addr<RangeActor>, bool)>,
     router: Addr<RouterActor>,
     snapshots: Addr<SnapshotActor>,
     wal_slot: WalSlot,
 }
 
-/// Restores every owned range: from the disk for the ranges `local.json`
-/// lists, from the object store merged with the disk for the others. A
-/// range serves as soon as it is restored. Problems are logged and retried;
-/// the ranges concerned keep answering 503, never a wrong answer.
+/// Restores every range this node holds: from the disk for the ranges
+/// `local.json` lists (and for ranges gained in a scale, which the loader
+/// completes), from the object store merged with the disk for the others.
+/// A range serves as soon as it is restored. Problems are logged and
+/// retried; the ranges concerned keep answering 503, never a wrong answer.
 async fn restore_ranges(r: Restorer) {
     let started = std::time::Instant::now();
-    let owned: Vec<u32> = r.ranges.iter().map(|(range, _)| *range).collect();
+    let owned: Vec<u32> = r.ranges.iter().map(|(range, _, _)| *range).collect();
     let mut delay = Duration::from_secs(1);
     let (local, complete) = loop {
         let dir = r.data_dir.clone();
@@ -251,9 +274,9 @@ async fn restore_ranges(r: Restorer) {
     let mut tables: HashMap<u32, RangeTable> = local.tables;
     let mut from_disk = Vec::new();
     let mut from_store = Vec::new();
-    for (range, addr) in &r.ranges {
+    for (range, addr, gained) in &r.ranges {
         let table = tables.remove(range).unwrap_or_default();
-        if complete.contains(range) {
+        if complete.contains(range) || *gained {
             // The object store may lack what the WAL had: snapshot in full next.
             addr.do_send(Restore { table, wal: wal.clone(), force_full: true });
             from_disk.push(*range);
@@ -277,18 +300,6 @@ async fn restore_ranges(r: Restorer) {
             }
         })
         .await;
-    let state =
-        LocalState { total_hash_ranges: r.total_hash_ranges, ranges: owned.iter().copied().collect() };
-    if let Err(e) = tokio::task::spawn_blocking({
-        let dir = r.data_dir.clone();
-        move || state.write(&dir)
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()))
-    {
-        log::warn!("cannot record local state (the next start reads the object store again): {e}");
-    }
     let _ = r.snapshots.send(AllRestored { wal }).await;
     log::info!(
         "all {} ranges restored ({} from disk, {store_count} from the object store) in {:?}",

@@ -292,16 +292,22 @@ fn parse_addresses(s: &str) -> Option<Vec<String>> {
     } else {
         s.split(',').map(|a| a.trim().to_string()).collect()
     };
+    valid_address_list(&list).then_some(list)
+}
+
+/// A non-empty list of distinct `host:port` addresses.
+pub fn valid_address_list(list: &[String]) -> bool {
     let valid = |a: &String| match a.rsplit_once(':') {
         Some((host, port)) => {
             !host.is_empty()
-                && !host.chars().any(|c| c.is_whitespace() || c == '/')
+                && host.len() <= 253
+                && !host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/')
                 && port.parse::<u16>().is_ok_and(|p| p > 0)
         }
         None => false,
     };
     let mut seen = std::collections::HashSet::new();
-    (!list.is_empty() && list.iter().all(|a| valid(a) && seen.insert(a.clone()))).then_some(list)
+    !list.is_empty() && list.iter().all(|a| valid(a) && seen.insert(a.clone()))
 }
 
 struct Parser {

@@ -2,7 +2,10 @@
 //!
 //! A view is `{epoch, addresses, total_hash_ranges, state}` (API.md). The
 //! owner table is derived from it with [`crate::assignment::owners`] and
-//! cached beside it; a view with a higher epoch always wins.
+//! cached beside it; a view with a higher epoch always wins. The object
+//! store's `cluster.json` holds a [`StoredView`]: the view plus, while
+//! scaling, the previous address list, from which every node derives which
+//! ranges it gains (and must load) or loses (and must hand off).
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +27,64 @@ pub struct ViewWire {
     pub addresses: Vec<String>,
     pub total_hash_ranges: u32,
     pub state: ClusterState,
+}
+
+/// `cluster.json`: the view, and the address list it replaced while the
+/// cluster is scaling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredView {
+    pub epoch: u64,
+    pub addresses: Vec<String>,
+    pub total_hash_ranges: u32,
+    pub state: ClusterState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_addresses: Option<Vec<String>>,
+}
+
+impl StoredView {
+    pub fn wire(&self) -> ViewWire {
+        ViewWire {
+            epoch: self.epoch,
+            addresses: self.addresses.clone(),
+            total_hash_ranges: self.total_hash_ranges,
+            state: self.state,
+        }
+    }
+
+    /// Ranges `node` owns now, gains and loses relative to the previous
+    /// list (nothing is gained or lost outside a scale).
+    pub fn plan_for(&self, node: u32) -> RangePlan {
+        let now = owned(self.total_hash_ranges, &self.addresses, node);
+        let before = match (&self.previous_addresses, self.state) {
+            (Some(prev), ClusterState::Scaling) => owned(self.total_hash_ranges, prev, node),
+            _ => now.clone(),
+        };
+        RangePlan {
+            kept: now.iter().copied().filter(|r| before.contains(r)).collect(),
+            gained: now.iter().copied().filter(|r| !before.contains(r)).collect(),
+            lost: before.iter().copied().filter(|r| !now.contains(r)).collect(),
+        }
+    }
+}
+
+fn owned(total: u32, addresses: &[String], node: u32) -> Vec<u32> {
+    if (node as usize) < addresses.len() {
+        assignment::ranges_of(&assignment::owners(total, addresses.len() as u32), node)
+    } else {
+        Vec::new()
+    }
+}
+
+/// What a node does with each range under a view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangePlan {
+    /// Owned before and now: served as they are.
+    pub kept: Vec<u32>,
+    /// Owned now only: loaded from the object store after the handoff.
+    pub gained: Vec<u32>,
+    /// Owned before only: handed off, then dropped at `scaleComplete`.
+    pub lost: Vec<u32>,
 }
 
 /// A view with its owner table.
@@ -72,5 +133,41 @@ impl ClusterView {
     /// Ranges owned by `node`, ascending.
     pub fn ranges_of(&self, node: u32) -> Vec<u32> {
         assignment::ranges_of(&self.owners, node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(addresses: usize, previous: Option<usize>) -> StoredView {
+        let list = |n: usize| (0..n).map(|i| format!("h:{}", 1000 + i)).collect::<Vec<_>>();
+        StoredView {
+            epoch: 2,
+            addresses: list(addresses),
+            total_hash_ranges: 128,
+            state: if previous.is_some() { ClusterState::Scaling } else { ClusterState::Stable },
+            previous_addresses: previous.map(list),
+        }
+    }
+
+    #[test]
+    fn plans_partition_the_ranges() {
+        for (from, to) in [(1, 3), (3, 4), (4, 2), (2, 1), (3, 3)] {
+            let v = view(to, Some(from));
+            let mut gained = 0;
+            let mut lost = 0;
+            for node in 0..from.max(to) as u32 {
+                let p = v.plan_for(node);
+                gained += p.gained.len();
+                lost += p.lost.len();
+                assert!(p.kept.iter().all(|r| !p.gained.contains(r) && !p.lost.contains(r)));
+            }
+            let moved = assignment::moves(128, from as u32, to as u32).len();
+            assert_eq!((gained, lost), (moved, moved), "{from}->{to}");
+        }
+        let stable = view(3, None);
+        assert!(stable.plan_for(1).gained.is_empty() && stable.plan_for(1).lost.is_empty());
+        assert!(view(2, Some(3)).plan_for(2).kept.is_empty(), "a removed node keeps nothing");
     }
 }

@@ -5,12 +5,14 @@
 //! - [`RouterActor`]: owns the cluster view and this node's range actors;
 //!   splits each batch by range, fans out, gathers in request order.
 //! - [`SnapshotActor`]: writes ranges to the object store and to local
-//!   checkpoints.
+//!   checkpoints, and hands off ranges lost in a scale.
+//! - `loader`: the task that loads a range gained in a scale.
 
+mod loader;
 mod range;
 mod router;
 mod snapshot;
 
 pub use range::RangeActor;
-pub use router::{RouteError, RouterActor};
+pub use router::{RangeState, RouteError, RouterActor, RouterDeps};
 pub use snapshot::{SnapshotActor, SnapshotError};

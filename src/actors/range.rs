@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
-use actix::{Actor, AsyncContext, Context, Handler};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 
 use crate::clock;
 use crate::messages::{
-    BatchReply, CopyEntries, ForceFullSnapshot, RangeBatch, RangeOp, RangeStats, RangeStatsReply,
-    RangeUnavailable, Restore, SnapshotData, TakeSnapshot,
+    BatchReply, CopyEntries, ForceFullSnapshot, MergeEntries, RangeBatch, RangeOp, RangeStats,
+    RangeStatsReply, RangeUnavailable, Restore, Retire, SnapshotData, TakeSnapshot,
 };
 use crate::segment::SegmentKind;
 use crate::table::{Expiry, RangeTable, TableKey};
@@ -163,5 +163,24 @@ impl Handler<RangeStats> for RangeActor {
             },
             None => RangeStatsReply::default(),
         }
+    }
+}
+
+impl Handler<MergeEntries> for RangeActor {
+    type Result = Result<(), RangeUnavailable>;
+
+    fn handle(&mut self, msg: MergeEntries, _: &mut Context<Self>) -> Self::Result {
+        let s = self.serving()?;
+        crate::restore::merge_all(&mut s.table, &msg.entries, msg.now);
+        Ok(())
+    }
+}
+
+impl Handler<Retire> for RangeActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        self.state = None;
+        ctx.stop();
     }
 }

@@ -1,27 +1,35 @@
-//! `RouterActor` owns the cluster view and the addresses of this node's range
-//! actors. It splits each batch by range, checks ownership (421 for the whole
-//! batch otherwise) and readiness (503 while a range restores), fans out to
-//! the range actors, gathers their answers in request order, and releases
-//! the answer once the WAL is durable up to what the batch depends on. It
-//! does no I/O and holds no keys; the fan-out is awaited outside the actor,
-//! so the router handles the next batch at once.
+//! `RouterActor` owns the cluster view and the state of every range this
+//! node holds. It splits each batch by range, checks ownership (421 for the
+//! whole batch otherwise) and readiness (503 while a range restores or, for
+//! reads and claims, loads), fans out to the range actors, gathers their
+//! answers in request order, and releases the answer once the WAL is
+//! durable up to what the batch depends on. It adopts newer views: gained
+//! ranges start loading, lost ones drain. It does no I/O and holds no keys;
+//! fan-outs, loads and handoffs run outside the actor.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix::{Actor, Addr, Context, Handler, MailboxError, ResponseFuture};
+use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, MailboxError, ResponseFuture};
 use futures_util::future::join_all;
 
-use crate::actors::RangeActor;
+use crate::actors::{loader, RangeActor, SnapshotActor};
 use crate::clock;
-use crate::messages::{GetInfo, RangeBatch, RangeOp, RangeStats, RangesRestored, Route, Routed};
+use crate::messages::{
+    AdoptView, CompleteScale, GetInfo, GetStoredView, HandedOff, Handoff, RangeBatch, RangeLoaded, RangeOp,
+    RangeStats, RangesRestored, RecordLocal, Retire, Route, Routed, ScaleInProgress, SetRanges,
+};
+use crate::store::ObjectStore;
 use crate::table::TableKey;
-use crate::view::{ClusterView, ViewWire};
+use crate::view::{ClusterState, ClusterView, StoredView, ViewWire};
 use crate::wal::Wal;
 use crate::wire::Info;
 
 /// Seconds a client is told to wait before retrying a restoring range.
 const RETRY_AFTER_SECS: u32 = 1;
+const MAX_HANDOFF_RETRY: Duration = Duration::from_secs(30);
 
 /// Why a batch was refused or failed as a whole.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,34 +52,158 @@ impl RouteError {
     }
 }
 
-pub struct RouterActor {
-    node_id: u32,
-    view: ClusterView,
-    /// Index = range; `Some` for the ranges this node owns.
-    ranges: Vec<Option<Addr<RangeActor>>>,
-    /// Index = range; true once the range is restored and serves.
-    restored: Vec<bool>,
-    /// Set with the first restored range; every write goes through it.
-    wal: Option<Wal>,
+/// Where a range held by this node stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeState {
+    /// Its table is being rebuilt at start; nothing is served.
+    Restoring,
+    /// Gained in a scale: puts are taken, reads wait for the handoff.
+    Loading,
+    Serving,
+    /// Lost in a scale: refused (421) while its last segment is written.
+    Draining,
+    /// Handed off; its data is dropped at `scaleComplete`.
+    Drained,
+}
+
+struct Slot {
+    addr: Addr<RangeActor>,
+    state: RangeState,
+    /// The state once restored: `Serving`, `Loading` or `Draining`.
+    after_restore: RangeState,
+}
+
+/// What the router needs to start ranges, loads and handoffs.
+pub struct RouterDeps {
+    pub node_id: u32,
+    pub store: ObjectStore,
+    pub snapshots: Addr<SnapshotActor>,
+    pub arbiters: Vec<ArbiterHandle>,
     /// Unix seconds of the last completed snapshot, written by the
     /// snapshot actor (a statistic, not state anyone decides on).
-    last_snapshot: Arc<AtomicU64>,
+    pub last_snapshot: Arc<AtomicU64>,
+}
+
+pub struct RouterActor {
+    deps: RouterDeps,
+    stored: StoredView,
+    view: ClusterView,
+    /// Index = range; `Some` for every range this node holds a table for.
+    slots: Vec<Option<Slot>>,
+    /// Set with the first restored range; every write goes through it.
+    wal: Option<Wal>,
+    next_arbiter: usize,
 }
 
 impl RouterActor {
+    /// A router for `stored`, holding the ranges of `slots` (all `Restoring`,
+    /// each with the state to take once restored).
     pub fn new(
-        node_id: u32,
-        view: ClusterView,
-        ranges: Vec<Option<Addr<RangeActor>>>,
-        last_snapshot: Arc<AtomicU64>,
+        deps: RouterDeps,
+        stored: StoredView,
+        slots: Vec<(u32, Addr<RangeActor>, RangeState)>,
     ) -> Self {
-        debug_assert_eq!(ranges.len(), view.total_hash_ranges() as usize);
-        let restored = vec![false; ranges.len()];
-        RouterActor { node_id, view, ranges, restored, wal: None, last_snapshot }
+        let total = stored.total_hash_ranges as usize;
+        let mut table: Vec<Option<Slot>> = (0..total).map(|_| None).collect();
+        for (range, addr, after_restore) in slots {
+            table[range as usize] = Some(Slot { addr, state: RangeState::Restoring, after_restore });
+        }
+        let view = ClusterView::new(stored.wire());
+        RouterActor { deps, stored, view, slots: table, wal: None, next_arbiter: 0 }
     }
 
-    fn owned(&self) -> Vec<u32> {
-        (0..self.ranges.len() as u32).filter(|&r| self.ranges[r as usize].is_some()).collect()
+    fn in_state(&self, pred: impl Fn(RangeState) -> bool) -> Vec<u32> {
+        (0..self.slots.len() as u32)
+            .filter(|&r| self.slots[r as usize].as_ref().is_some_and(|s| pred(s.state)))
+            .collect()
+    }
+
+    fn addrs(&self, pred: impl Fn(RangeState) -> bool) -> Vec<(u32, Addr<RangeActor>)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(r, s)| s.as_ref().filter(|s| pred(s.state)).map(|s| (r as u32, s.addr.clone())))
+            .collect()
+    }
+
+    fn unavailable(&self, reason: String) -> RouteError {
+        RouteError::Unavailable { reason, view: self.view.wire().clone(), retry_after_secs: RETRY_AFTER_SECS }
+    }
+
+    fn wrong_node(&self, range: u32) -> RouteError {
+        RouteError::WrongNode { range, owner: self.view.owner(range), view: self.view.wire().clone() }
+    }
+
+    /// Tells the snapshot actor which ranges to snapshot and checkpoint, and
+    /// records which ones this disk holds completely.
+    fn publish(&self, forget: Vec<u32>) {
+        use RangeState::*;
+        // do_send: the snapshot actor's mailbox is only full if it is far
+        // behind; the next change publishes the whole state again.
+        self.deps.snapshots.do_send(SetRanges {
+            serving: self.addrs(|s| s == Serving),
+            all: self.addrs(|s| s != Restoring),
+        });
+        let complete: BTreeSet<u32> =
+            self.in_state(|s| matches!(s, Serving | Draining | Drained)).into_iter().collect();
+        self.deps.snapshots.do_send(RecordLocal {
+            total_hash_ranges: self.stored.total_hash_ranges,
+            ranges: complete,
+            forget,
+        });
+    }
+
+    fn start_range(&mut self, range: u32) -> Addr<RangeActor> {
+        let arbiter = &self.deps.arbiters[self.next_arbiter % self.deps.arbiters.len()];
+        self.next_arbiter += 1;
+        RangeActor::start_in_arbiter(arbiter, move |_| RangeActor::new(range))
+    }
+
+    fn begin_loading(&mut self, range: u32, ctx: &mut Context<Self>) {
+        let Some(slot) = &mut self.slots[range as usize] else { return };
+        slot.state = RangeState::Loading;
+        let task = loader::load_range(
+            self.deps.store.clone(),
+            range,
+            self.stored.total_hash_ranges,
+            self.stored.epoch,
+            slot.addr.clone(),
+            ctx.address(),
+        );
+        actix::spawn(task);
+    }
+
+    fn begin_draining(&mut self, range: u32, ctx: &mut Context<Self>) {
+        let Some(slot) = &mut self.slots[range as usize] else { return };
+        slot.state = RangeState::Draining;
+        let (snapshots, addr, router, epoch) =
+            (self.deps.snapshots.clone(), slot.addr.clone(), ctx.address(), self.stored.epoch);
+        actix::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match snapshots.send(Handoff { range, addr: addr.clone(), epoch }).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => log::warn!("handoff of range {range} failed (retrying in {delay:?}): {e}"),
+                    Err(e) => log::warn!("handoff of range {range}: snapshot actor unreachable: {e}"),
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_HANDOFF_RETRY);
+            }
+            let _ = router.send(HandedOff { range }).await;
+        });
+    }
+
+    /// Moves a restored range into the state its plan gives it.
+    fn enter(&mut self, range: u32, state: RangeState, ctx: &mut Context<Self>) {
+        match state {
+            RangeState::Loading => self.begin_loading(range, ctx),
+            RangeState::Draining => self.begin_draining(range, ctx),
+            other => {
+                if let Some(slot) = &mut self.slots[range as usize] {
+                    slot.state = other;
+                }
+            }
+        }
     }
 }
 
@@ -107,12 +239,17 @@ impl Handler<Route> for RouterActor {
         let mut groups: Vec<Group> = Vec::new();
         for (pos, fp) in msg.fingerprints.iter().enumerate() {
             let range = fp.range(total);
-            if self.ranges[range as usize].is_none() {
-                let err = RouteError::WrongNode {
-                    range,
-                    owner: self.view.owner(range),
-                    view: self.view.wire().clone(),
-                };
+            let refusal = match self.slots[range as usize].as_ref().map(|s| s.state) {
+                None | Some(RangeState::Draining | RangeState::Drained) => Some(self.wrong_node(range)),
+                Some(RangeState::Restoring) => {
+                    Some(self.unavailable(format!("range {range} is being restored")))
+                }
+                Some(RangeState::Loading) if !matches!(op, RangeOp::Put { .. }) => {
+                    Some(self.unavailable(format!("range {range} is loading after a scale")))
+                }
+                Some(_) => None,
+            };
+            if let Some(err) = refusal {
                 return Box::pin(async move { Err(err) });
             }
             let g = &mut group_of[range as usize];
@@ -127,8 +264,8 @@ impl Handler<Route> for RouterActor {
         let pending: Vec<_> = groups
             .into_iter()
             .map(|g| {
-                // unwrap: every group's range was checked to be served above.
-                let addr = self.ranges[g.range as usize].as_ref().unwrap();
+                // unwrap: every group's range was checked to have a slot above.
+                let addr = &self.slots[g.range as usize].as_ref().unwrap().addr;
                 let reply = addr.send(RangeBatch { op, now, keys: g.keys });
                 async move { (g.range, g.positions, reply.await) }
             })
@@ -169,21 +306,26 @@ impl Handler<GetInfo> for RouterActor {
     type Result = ResponseFuture<Info>;
 
     fn handle(&mut self, _: GetInfo, _: &mut Context<Self>) -> Self::Result {
+        use RangeState::*;
         let view = self.view.wire().clone();
-        let stats: Vec<_> = self.ranges.iter().flatten().map(|a| a.send(RangeStats)).collect();
+        let stats: Vec<_> = self
+            .addrs(|s| matches!(s, Serving | Loading | Draining))
+            .iter()
+            .map(|(_, a)| a.send(RangeStats))
+            .collect();
         let mut info = Info {
-            node_id: self.node_id,
+            node_id: self.deps.node_id,
             cluster_size: view.addresses.len() as u32,
             addresses: view.addresses,
             epoch: view.epoch,
             state: view.state,
             total_hash_ranges: view.total_hash_ranges,
-            hash_ranges: self.owned(),
+            hash_ranges: self.in_state(|s| matches!(s, Serving | Loading | Restoring)),
             range_owners: self.view.owners().to_vec(),
-            ranges_loading: self.owned().into_iter().filter(|&r| !self.restored[r as usize]).collect(),
-            ranges_draining: Vec::new(),
+            ranges_loading: self.in_state(|s| matches!(s, Loading | Restoring)),
+            ranges_draining: self.in_state(|s| s == Draining),
             keys_count: 0,
-            last_snapshot_timestamp: self.last_snapshot.load(Ordering::Relaxed),
+            last_snapshot_timestamp: self.deps.last_snapshot.load(Ordering::Relaxed),
         };
         Box::pin(async move {
             // A range that does not answer counts as empty: /info is advisory.
@@ -196,10 +338,137 @@ impl Handler<GetInfo> for RouterActor {
 impl Handler<RangesRestored> for RouterActor {
     type Result = ();
 
-    fn handle(&mut self, msg: RangesRestored, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: RangesRestored, ctx: &mut Context<Self>) {
         self.wal.get_or_insert(msg.wal);
         for range in msg.ranges {
-            self.restored[range as usize] = true;
+            let Some(slot) = &self.slots[range as usize] else { continue };
+            if slot.state == RangeState::Restoring {
+                let target = slot.after_restore;
+                self.enter(range, target, ctx);
+            }
         }
+        self.publish(Vec::new());
+    }
+}
+
+impl Handler<GetStoredView> for RouterActor {
+    type Result = actix::MessageResult<GetStoredView>;
+
+    fn handle(&mut self, _: GetStoredView, _: &mut Context<Self>) -> Self::Result {
+        actix::MessageResult(self.stored.clone())
+    }
+}
+
+impl Handler<AdoptView> for RouterActor {
+    type Result = u64;
+
+    fn handle(&mut self, msg: AdoptView, ctx: &mut Context<Self>) -> u64 {
+        let next = msg.view;
+        if next.epoch <= self.stored.epoch || next.total_hash_ranges != self.stored.total_hash_ranges {
+            return self.stored.epoch;
+        }
+        log::info!(
+            "adopting epoch {} ({:?}): {} -> {} nodes",
+            next.epoch,
+            next.state,
+            self.stored.addresses.len(),
+            next.addresses.len()
+        );
+        let plan = next.plan_for(self.deps.node_id);
+        self.stored = next;
+        self.view = ClusterView::new(self.stored.wire());
+        for range in plan.lost {
+            if self.slots[range as usize].as_ref().is_some_and(|s| s.state == RangeState::Serving) {
+                self.begin_draining(range, ctx);
+            } else if let Some(slot) = &mut self.slots[range as usize] {
+                slot.after_restore = RangeState::Draining;
+            }
+        }
+        for range in plan.gained {
+            if self.slots[range as usize].is_some() {
+                continue;
+            }
+            let addr = self.start_range(range);
+            self.slots[range as usize] = Some(Slot {
+                addr: addr.clone(),
+                state: RangeState::Restoring,
+                after_restore: RangeState::Loading,
+            });
+            match &self.wal {
+                Some(wal) => {
+                    // An empty table that takes puts at once; the loader
+                    // merges the object store's chain into it.
+                    addr.do_send(crate::messages::Restore {
+                        table: Default::default(),
+                        wal: wal.clone(),
+                        force_full: true,
+                    });
+                    self.begin_loading(range, ctx);
+                }
+                // Still restoring at start: the restorer hands it a table.
+                None => log::warn!("range {range} gained before the WAL opened; it loads once restored"),
+            }
+        }
+        self.publish(Vec::new());
+        self.stored.epoch
+    }
+}
+
+impl Handler<RangeLoaded> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RangeLoaded, _: &mut Context<Self>) {
+        if let Some(slot) = &mut self.slots[msg.range as usize] {
+            if slot.state == RangeState::Loading {
+                slot.state = RangeState::Serving;
+                log::info!("range {} loaded: serving", msg.range);
+                self.publish(Vec::new());
+            }
+        }
+    }
+}
+
+impl Handler<HandedOff> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HandedOff, _: &mut Context<Self>) {
+        if let Some(slot) = &mut self.slots[msg.range as usize] {
+            if slot.state == RangeState::Draining {
+                slot.state = RangeState::Drained;
+                log::info!("range {} handed off", msg.range);
+                self.publish(Vec::new());
+            }
+        }
+    }
+}
+
+impl Handler<CompleteScale> for RouterActor {
+    type Result = Result<StoredView, ScaleInProgress>;
+
+    fn handle(&mut self, _: CompleteScale, _: &mut Context<Self>) -> Self::Result {
+        use RangeState::*;
+        let loading = self.in_state(|s| matches!(s, Loading | Restoring));
+        let draining = self.in_state(|s| s == Draining);
+        if !loading.is_empty() || !draining.is_empty() {
+            return Err(ScaleInProgress { loading, draining });
+        }
+        let dropped = self.in_state(|s| s == Drained);
+        for &range in &dropped {
+            if let Some(slot) = self.slots[range as usize].take() {
+                // do_send: a retired actor that misses this only keeps its
+                // memory until the process stops.
+                slot.addr.do_send(Retire);
+            }
+        }
+        if self.stored.state == ClusterState::Scaling {
+            self.stored.state = ClusterState::Stable;
+            self.stored.previous_addresses = None;
+            self.view = ClusterView::new(self.stored.wire());
+        }
+        if !dropped.is_empty() {
+            log::info!("scale complete: dropped {} ranges", dropped.len());
+        }
+        self.publish(dropped);
+        Ok(self.stored.clone())
     }
 }

@@ -20,10 +20,11 @@ use futures_util::stream::{self, StreamExt};
 use crate::actors::RangeActor;
 use crate::clock;
 use crate::messages::{
-    AllRestored, CopyEntries, CreateSnapshots, ForceFullSnapshot, SnapshotReport, TakeSnapshot,
+    AllRestored, CopyEntries, CreateSnapshots, ForceFullSnapshot, Handoff, RecordLocal, SetRanges,
+    SnapshotReport, TakeSnapshot,
 };
 use crate::restore::{self, manifest_key, segment_key};
-use crate::segment::{Manifest, Segment, SegmentKind, SegmentRef};
+use crate::segment::{self, Manifest, Segment, SegmentKind, SegmentRef};
 use crate::settings::Settings;
 use crate::store::{ObjectStore, StoreError};
 use crate::wal::Wal;
@@ -59,7 +60,10 @@ struct Job {
     node_id: u32,
     total_hash_ranges: u32,
     store: ObjectStore,
+    /// Serving ranges: these are snapshotted.
     ranges: Vec<(u32, Addr<RangeActor>)>,
+    /// Every range with a table: these go into local checkpoints.
+    all: Vec<(u32, Addr<RangeActor>)>,
 }
 
 static SEGMENT_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -79,19 +83,15 @@ pub struct SnapshotActor {
 }
 
 impl SnapshotActor {
-    /// `ranges`: the ranges this node owns, with their actors.
-    pub fn new(
-        settings: &Settings,
-        store: ObjectStore,
-        ranges: Vec<(u32, Addr<RangeActor>)>,
-        last_snapshot: Arc<AtomicU64>,
-    ) -> Self {
+    /// Works on no range until told by [`SetRanges`].
+    pub fn new(settings: &Settings, store: ObjectStore, last_snapshot: Arc<AtomicU64>) -> Self {
         SnapshotActor {
             job: Job {
                 node_id: settings.node_id,
                 total_hash_ranges: settings.total_hash_ranges,
                 store,
-                ranges,
+                ranges: Vec::new(),
+                all: Vec::new(),
             },
             data_dir: settings.data_dir.clone(),
             interval: settings.snapshot_interval,
@@ -161,6 +161,46 @@ impl Handler<AllRestored> for SnapshotActor {
     }
 }
 
+impl Handler<SetRanges> for SnapshotActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetRanges, _: &mut Context<Self>) {
+        self.job.ranges = msg.serving;
+        self.job.all = msg.all;
+    }
+}
+
+impl Handler<RecordLocal> for SnapshotActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecordLocal, ctx: &mut Context<Self>) {
+        let dir = self.data_dir.clone();
+        let write = tokio::task::spawn_blocking(move || {
+            for range in &msg.forget {
+                restore::remove_checkpoint(&dir, *range)?;
+            }
+            restore::LocalState { total_hash_ranges: msg.total_hash_ranges, ranges: msg.ranges }.write(&dir)
+        });
+        // Waited for, so that two records never race on the file.
+        ctx.wait(write.into_actor(self).map(|result, _, _| match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                log::warn!("cannot record local state (the next start reads the object store): {e}")
+            }
+            Err(e) => log::warn!("local state task failed: {e}"),
+        }));
+    }
+}
+
+impl Handler<Handoff> for SnapshotActor {
+    type Result = AtomicResponse<Self, Result<(), SnapshotError>>;
+
+    fn handle(&mut self, msg: Handoff, _: &mut Context<Self>) -> Self::Result {
+        let job = self.job.clone();
+        AtomicResponse::new(Box::pin(async move { handoff(&job, msg).await }.into_actor(self)))
+    }
+}
+
 impl Handler<CreateSnapshots> for SnapshotActor {
     type Result = AtomicResponse<Self, Result<SnapshotReport, SnapshotError>>;
 
@@ -222,7 +262,7 @@ async fn snapshot_range(
     if data.kind == SegmentKind::Incremental && data.entries.is_empty() {
         return Ok((0, 0));
     }
-    let result = write_segment(job, range, data.kind, data.entries, now).await;
+    let result = write_segment(job, range, data.kind, data.entries, now, None).await;
     let force_full = match &result {
         // The entries taken are in no segment now: the next one must be full.
         Err(_) => true,
@@ -236,7 +276,37 @@ async fn snapshot_range(
     result.map(|(entries, bytes, _)| (entries, bytes))
 }
 
-/// Writes a segment, then the manifest naming it; returns (entries, bytes,
+/// Writes a lost range's last segment and its handoff mark for the epoch,
+/// unless the mark is there already (a handoff redone after a restart).
+async fn handoff(job: &Job, msg: Handoff) -> Result<(), SnapshotError> {
+    let range = msg.range;
+    let manifest = match restore::read_manifest(&job.store, range, job.total_hash_ranges).await {
+        Ok(m) => m,
+        Err(restore::RestoreError::Store(source)) => return Err(SnapshotError::Store { range, source }),
+        Err(e) => return Err(SnapshotError::Internal(e.to_string())),
+    };
+    if manifest.and_then(|m| m.handoff).is_some_and(|h| h.epoch >= msg.epoch) {
+        return Ok(());
+    }
+    let now = clock::now_secs();
+    let data = msg
+        .addr
+        .send(TakeSnapshot { full: false, now })
+        .await
+        .map_err(|e| SnapshotError::Internal(format!("range {range} did not answer: {e}")))?
+        .map_err(|_| SnapshotError::NotReady(range))?;
+    let mark = segment::Handoff { epoch: msg.epoch, node_id: job.node_id };
+    let result = write_segment(job, range, data.kind, data.entries, now, Some(mark)).await;
+    if result.is_err() {
+        let _ = msg.addr.send(ForceFullSnapshot).await;
+    }
+    result.map(|(entries, _, _)| {
+        log::info!("range {range}: handed off for epoch {} ({entries} entries)", msg.epoch)
+    })
+}
+
+/// Writes a segment (unless it would be an empty incremental), then the
+/// manifest naming it, with `handoff` if given; returns (entries, bytes,
 /// chain length).
 async fn write_segment(
     job: &Job,
@@ -244,6 +314,7 @@ async fn write_segment(
     kind: SegmentKind,
     entries: Vec<(crate::table::TableKey, crate::table::Expiry)>,
     now: u32,
+    handoff: Option<segment::Handoff>,
 ) -> Result<(u64, u64, usize), SnapshotError> {
     let store_err = |source| SnapshotError::Store { range, source };
     let manifest = match restore::read_manifest(&job.store, range, job.total_hash_ranges).await {
@@ -252,28 +323,39 @@ async fn write_segment(
         Err(e) => return Err(SnapshotError::Internal(e.to_string())),
     };
     let created = u64::from(now);
-    let name = format!(
-        "{}-n{}-{}.seg",
-        clock::now_millis(),
-        job.node_id,
-        SEGMENT_COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
     let count = entries.len() as u64;
-    let segment = Segment { range, total_hash_ranges: job.total_hash_ranges, kind, created, entries };
-    let bytes = tokio::task::spawn_blocking(move || segment.encode())
-        .await
-        .map_err(|e| SnapshotError::Internal(format!("encoding task failed: {e}")))?;
-    let size = bytes.len() as u64;
-    let key = segment_key(range, &name);
-    job.store.put(&key, bytes).await.map_err(store_err)?;
-
     let mut next = manifest;
-    let superseded = if kind == SegmentKind::Full { std::mem::take(&mut next.segments) } else { Vec::new() };
-    next.segments.push(SegmentRef { name, kind, entries: count, bytes: size, created });
-    next.last_snapshot = created;
+    let mut superseded = Vec::new();
+    let mut written: Option<(String, u64)> = None;
+    if kind == SegmentKind::Full || !entries.is_empty() {
+        let name = format!(
+            "{}-n{}-{}.seg",
+            clock::now_millis(),
+            job.node_id,
+            SEGMENT_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let segment = Segment { range, total_hash_ranges: job.total_hash_ranges, kind, created, entries };
+        let bytes = tokio::task::spawn_blocking(move || segment.encode())
+            .await
+            .map_err(|e| SnapshotError::Internal(format!("encoding task failed: {e}")))?;
+        let size = bytes.len() as u64;
+        let key = segment_key(range, &name);
+        job.store.put(&key, bytes).await.map_err(store_err)?;
+        if kind == SegmentKind::Full {
+            superseded = std::mem::take(&mut next.segments);
+        }
+        next.segments.push(SegmentRef { name, kind, entries: count, bytes: size, created });
+        next.last_snapshot = created;
+        written = Some((key, size));
+    }
+    if handoff.is_some() {
+        next.handoff = handoff;
+    }
     if let Err(e) = job.store.put(&manifest_key(range), next.encode()).await {
-        // The segment is named by no manifest: remove it, best effort.
-        let _ = job.store.delete(&key).await;
+        if let Some((key, _)) = &written {
+            // The segment is named by no manifest: remove it, best effort.
+            let _ = job.store.delete(key).await;
+        }
         return Err(store_err(e));
     }
     for old in superseded {
@@ -281,7 +363,7 @@ async fn write_segment(
             log::warn!("could not delete superseded segment: {e}");
         }
     }
-    Ok((count, size, next.segments.len()))
+    Ok((count, written.map_or(0, |(_, size)| size), next.segments.len()))
 }
 
 /// Writes a full local checkpoint of every range, then drops the WAL files
@@ -291,7 +373,7 @@ async fn checkpoint(job: Job, data_dir: PathBuf, wal: Wal) -> Result<usize, Stri
     // appended, so the copies taken after this point contain it; every
     // record from `seq` on goes to a file the truncation keeps.
     let seq = wal.rotate();
-    for (range, addr) in &job.ranges {
+    for (range, addr) in &job.all {
         let now = clock::now_secs();
         let entries = addr
             .send(CopyEntries { now })
@@ -315,5 +397,5 @@ async fn checkpoint(job: Job, data_dir: PathBuf, wal: Wal) -> Result<usize, Stri
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    Ok(job.ranges.len())
+    Ok(job.all.len())
 }

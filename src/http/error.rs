@@ -22,6 +22,9 @@ pub enum ApiError {
     Unavailable { message: String, view: ViewWire, retry_after_secs: u32 },
     #[error("no route {0}")]
     NotFound(String),
+    /// The request conflicts with the cluster's state (e.g. a scale in progress).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -35,6 +38,7 @@ impl ApiError {
             ApiError::WrongNode { .. } => "wrong_node",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict { code, .. } => code,
             ApiError::Internal(_) => "internal",
         }
     }
@@ -75,6 +79,7 @@ impl ResponseError for ApiError {
             ApiError::WrongNode { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

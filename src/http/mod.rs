@@ -2,6 +2,7 @@
 //! and the mapping of every error to its status and code. Handlers hold no
 //! state of their own: they decode, ask the router, and encode.
 
+mod cluster;
 mod data;
 pub mod error;
 mod ops;
@@ -18,6 +19,10 @@ pub use error::ApiError;
 pub struct AppState {
     pub router: Addr<RouterActor>,
     pub snapshots: Addr<SnapshotActor>,
+    /// Where `cluster.json` lives.
+    pub store: crate::store::ObjectStore,
+    /// Serializes `/scale` and `/scaleComplete` on this node.
+    pub scale_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     pub node_id: u32,
     pub max_keys_per_request: usize,
     pub max_body_bytes: usize,
@@ -32,5 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/createSnapshots", web::post().to(ops::create_snapshots))
+        .route("/scale", web::post().to(cluster::scale))
+        .route("/scaleComplete", web::post().to(cluster::scale_complete))
         .default_service(web::to(ops::not_found));
 }

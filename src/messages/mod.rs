@@ -8,8 +8,11 @@ mod router;
 mod snapshot;
 
 pub use range::{
-    BatchReply, CopyEntries, ForceFullSnapshot, RangeBatch, RangeOp, RangeStats, RangeStatsReply,
-    RangeUnavailable, Restore, SnapshotData, TakeSnapshot,
+    BatchReply, CopyEntries, ForceFullSnapshot, MergeEntries, RangeBatch, RangeOp, RangeStats,
+    RangeStatsReply, RangeUnavailable, Restore, Retire, SnapshotData, TakeSnapshot,
 };
-pub use router::{GetInfo, RangesRestored, Route, RouteKind, Routed};
-pub use snapshot::{AllRestored, CreateSnapshots, SnapshotReport};
+pub use router::{
+    AdoptView, CompleteScale, GetInfo, GetStoredView, HandedOff, RangeLoaded, RangesRestored, Route,
+    RouteKind, Routed, ScaleInProgress,
+};
+pub use snapshot::{AllRestored, CreateSnapshots, Handoff, RecordLocal, SetRanges, SnapshotReport};

@@ -104,3 +104,17 @@ pub struct ForceFullSnapshot;
 pub struct CopyEntries {
     pub now: u32,
 }
+
+/// Merges entries read from the object store into a loading range.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), RangeUnavailable>")]
+pub struct MergeEntries {
+    pub entries: Vec<(TableKey, Expiry)>,
+    pub now: u32,
+}
+
+/// The range left this node for good (after `scaleComplete`): stop and free
+/// its memory.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Retire;

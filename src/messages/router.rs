@@ -64,3 +64,43 @@ impl std::fmt::Debug for RangesRestored {
         f.debug_struct("RangesRestored").field("ranges", &self.ranges).finish()
     }
 }
+
+/// Adopt `view` if its epoch is newer: start loading gained ranges, drain
+/// lost ones. Reply: the epoch the router holds afterwards.
+#[derive(Debug, Message)]
+#[rtype(result = "u64")]
+pub struct AdoptView {
+    pub view: crate::view::StoredView,
+}
+
+/// Reply: the view the router holds (as stored in `cluster.json`).
+#[derive(Debug, Message)]
+#[rtype(result = "crate::view::StoredView")]
+pub struct GetStoredView;
+
+/// A gained range has loaded everything up to the handoff: serve it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RangeLoaded {
+    pub range: u32,
+}
+
+/// A lost range's last segment and handoff mark are in the object store.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct HandedOff {
+    pub range: u32,
+}
+
+/// `scaleComplete`: drop drained ranges and return to `stable`.
+/// Reply: the stable view, or the ranges still loading or draining.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<crate::view::StoredView, ScaleInProgress>")]
+pub struct CompleteScale;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("scale in progress on this node: ranges loading {loading:?}, draining {draining:?}")]
+pub struct ScaleInProgress {
+    pub loading: Vec<u32>,
+    pub draining: Vec<u32>,
+}

@@ -36,3 +36,32 @@ impl std::fmt::Debug for AllRestored {
         f.write_str("AllRestored")
     }
 }
+
+/// The ranges the snapshot actor works on: `serving` ones get snapshots,
+/// all with a table (`all`) go into local checkpoints.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct SetRanges {
+    pub serving: Vec<(u32, actix::Addr<crate::actors::RangeActor>)>,
+    pub all: Vec<(u32, actix::Addr<crate::actors::RangeActor>)>,
+}
+
+/// Write a lost range's last segment with the handoff mark for `epoch`
+/// (nothing if the mark is already there). Reply once it is durable.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "Result<(), crate::actors::SnapshotError>")]
+pub struct Handoff {
+    pub range: u32,
+    pub addr: actix::Addr<crate::actors::RangeActor>,
+    pub epoch: u64,
+}
+
+/// Record in `local.json` the ranges whose complete state is on this disk,
+/// and delete the local checkpoints of `forget`.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct RecordLocal {
+    pub total_hash_ranges: u32,
+    pub ranges: std::collections::BTreeSet<u32>,
+    pub forget: Vec<u32>,
+}
