@@ -20,7 +20,14 @@ BUCKET=keydb-test
 export PATH="$HOME/.cargo/bin:$PATH"
 
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  # Below the ephemeral range, so that no outgoing connection takes it first.
+  python3 -c 'import random, socket
+while True:
+    p = random.randrange(15000, 20000)
+    try:
+        socket.socket().bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass'
 }
 
 install() {

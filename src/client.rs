@@ -221,29 +221,61 @@ impl Client {
         Ok(replies.into_iter().map(|(node, v)| (node, v["ranges"].as_u64().unwrap_or(0))).collect())
     }
 
-    /// Starts scaling to `addresses` (the old nodes first, in order) on every
-    /// node of the old and new lists; returns the new epoch.
+    /// Starts scaling to `addresses` (the current nodes first, in order) on
+    /// every node of the current and new lists; returns the new epoch. Nodes
+    /// that lose ranges are told first, so that no range is ever served by
+    /// its old owner while its new owner already takes writes.
     pub async fn scale(&self, addresses: &[String]) -> Result<u64, ClientError> {
         self.learn_view().await?;
-        let body = serde_json::json!({ "addresses": addresses }).to_string();
         let old = self.addresses();
-        let mut targets: Vec<String> = old.clone();
-        targets.extend(addresses.iter().filter(|a| !old.contains(a)).cloned());
+        let total = self.inner.config.total_hash_ranges;
+        if addresses.is_empty() || addresses.len() > total as usize {
+            return Err(ClientError::InvalidInput(format!(
+                "{} addresses for {total} ranges",
+                addresses.len()
+            )));
+        }
+        let losers: std::collections::BTreeSet<u32> =
+            assignment::moves(total, old.len() as u32, addresses.len() as u32)
+                .iter()
+                .map(|m| m.from)
+                .collect();
+        let count = old.len().max(addresses.len());
+        let address_of = |i: usize| if i < old.len() { old[i].clone() } else { addresses[i].clone() };
+        let mut order: Vec<usize> = (0..count).filter(|i| losers.contains(&(*i as u32))).collect();
+        order.extend((0..count).filter(|i| !losers.contains(&(*i as u32))));
+        let body = serde_json::json!({ "addresses": addresses }).to_string();
         let mut epoch = 0;
-        for (node, address) in targets.iter().enumerate() {
+        for i in order {
             let reply =
-                self.call_json(node as u32, address, Method::POST, "/scale", Some(body.clone())).await?;
+                self.call_json(i as u32, &address_of(i), Method::POST, "/scale", Some(body.clone())).await?;
             let v: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
             epoch = epoch.max(v["epoch"].as_u64().unwrap_or(0));
         }
-        self.refresh_from(addresses.first().map_or("", String::as_str)).await;
+        self.refresh_from(&addresses[0]).await;
         Ok(epoch)
     }
 
-    /// Ends a scale on every node (fails while a node still loads ranges).
+    /// Ends a scale on every node of the current view (fails while a node
+    /// still loads or drains ranges).
     pub async fn scale_complete(&self) -> Result<(), ClientError> {
         self.learn_view().await?;
         self.on_every_node("/scaleComplete", "{}").await.map(|_| ())
+    }
+
+    /// `POST /scaleComplete` on one address (e.g. a node being removed).
+    pub async fn scale_complete_at(&self, address: &str) -> Result<(), ClientError> {
+        self.call_json(0, address, Method::POST, "/scaleComplete", Some("{}".into())).await.map(|_| ())
+    }
+
+    /// `GET /info` of the node at `address`, in the view or not.
+    pub async fn get_info_at(&self, address: &str) -> Result<Info, ClientError> {
+        self.fetch_info(address).await.map_err(|reason| ClientError::Unavailable {
+            node: 0,
+            address: address.into(),
+            attempts: 1,
+            reason,
+        })
     }
 
     fn view(&self) -> Arc<View> {

@@ -284,10 +284,8 @@ async fn restore_ranges(r: Restorer) {
             from_store.push((*range, addr.clone(), table));
         }
     }
-    // do_send: these actors were just started and their mailboxes are empty.
-    if !from_disk.is_empty() {
-        r.router.do_send(RangesRestored { ranges: from_disk.clone(), wal: wal.clone() });
-    }
+    // Sent even with no range: it also hands the router the WAL.
+    let _ = r.router.send(RangesRestored { ranges: from_disk.clone(), wal: wal.clone() }).await;
     let store_count = from_store.len();
     stream::iter(from_store)
         .for_each_concurrent(PARALLEL_RESTORES, |(range, addr, table)| {

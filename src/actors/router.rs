@@ -90,8 +90,10 @@ pub struct RouterActor {
     view: ClusterView,
     /// Index = range; `Some` for every range this node holds a table for.
     slots: Vec<Option<Slot>>,
-    /// Set with the first restored range; every write goes through it.
+    /// Set once the restorer opened it; every write goes through it.
     wal: Option<Wal>,
+    /// Ranges gained before the WAL was open; they start loading with it.
+    gained_early: Vec<u32>,
     next_arbiter: usize,
 }
 
@@ -109,7 +111,7 @@ impl RouterActor {
             table[range as usize] = Some(Slot { addr, state: RangeState::Restoring, after_restore });
         }
         let view = ClusterView::new(stored.wire());
-        RouterActor { deps, stored, view, slots: table, wal: None, next_arbiter: 0 }
+        RouterActor { deps, stored, view, slots: table, wal: None, gained_early: Vec::new(), next_arbiter: 0 }
     }
 
     fn in_state(&self, pred: impl Fn(RangeState) -> bool) -> Vec<u32> {
@@ -157,6 +159,14 @@ impl RouterActor {
         let arbiter = &self.deps.arbiters[self.next_arbiter % self.deps.arbiters.len()];
         self.next_arbiter += 1;
         RangeActor::start_in_arbiter(arbiter, move |_| RangeActor::new(range))
+    }
+
+    /// Gives a gained range an empty table that takes puts at once, and
+    /// starts the loader that merges the object store's chain into it.
+    fn load_gained(&mut self, range: u32, wal: Wal, ctx: &mut Context<Self>) {
+        let Some(slot) = &self.slots[range as usize] else { return };
+        slot.addr.do_send(crate::messages::Restore { table: Default::default(), wal, force_full: true });
+        self.begin_loading(range, ctx);
     }
 
     fn begin_loading(&mut self, range: u32, ctx: &mut Context<Self>) {
@@ -339,7 +349,12 @@ impl Handler<RangesRestored> for RouterActor {
     type Result = ();
 
     fn handle(&mut self, msg: RangesRestored, ctx: &mut Context<Self>) {
-        self.wal.get_or_insert(msg.wal);
+        if self.wal.is_none() {
+            self.wal = Some(msg.wal.clone());
+            for range in std::mem::take(&mut self.gained_early) {
+                self.load_gained(range, msg.wal.clone(), ctx);
+            }
+        }
         for range in msg.ranges {
             let Some(slot) = &self.slots[range as usize] else { continue };
             if slot.state == RangeState::Restoring {
@@ -394,19 +409,9 @@ impl Handler<AdoptView> for RouterActor {
                 state: RangeState::Restoring,
                 after_restore: RangeState::Loading,
             });
-            match &self.wal {
-                Some(wal) => {
-                    // An empty table that takes puts at once; the loader
-                    // merges the object store's chain into it.
-                    addr.do_send(crate::messages::Restore {
-                        table: Default::default(),
-                        wal: wal.clone(),
-                        force_full: true,
-                    });
-                    self.begin_loading(range, ctx);
-                }
-                // Still restoring at start: the restorer hands it a table.
-                None => log::warn!("range {range} gained before the WAL opened; it loads once restored"),
+            match self.wal.clone() {
+                Some(wal) => self.load_gained(range, wal, ctx),
+                None => self.gained_early.push(range),
             }
         }
         self.publish(Vec::new());

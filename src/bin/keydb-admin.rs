@@ -60,6 +60,22 @@ enum Command {
     },
     /// Finish a scale once no node is loading ranges.
     ScaleComplete,
+    /// Scale the cluster online: createSnapshots, scale, wait for every
+    /// range to be handed off and loaded, scaleComplete.
+    Scale {
+        /// The complete new address list (current nodes first, in order).
+        #[arg(long, num_args = 1.., value_delimiter = ',', conflicts_with_all = ["add", "remove"])]
+        to: Vec<String>,
+        /// Nodes to append.
+        #[arg(long, num_args = 1.., value_delimiter = ',', conflicts_with = "remove")]
+        add: Vec<String>,
+        /// Nodes to remove from the end.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        remove: Option<u32>,
+        /// Give up waiting for the handoffs after this long.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Which ranges move, and where, when the cluster goes from N to M nodes.
     Plan {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -223,6 +239,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plan { from, to } => plan(&cli, *from, *to),
+        Command::Scale { to, add, remove, timeout } => scale(&cli, to, add, *remove, *timeout).await,
         Command::LocalCluster { nodes, base_port, dir } => local_cluster(*nodes, *base_port, dir).await,
         Command::Bench { keys, key_len, batch, concurrency, hit_ratio, ttl, json_api } => {
             if !(0.0..=1.0).contains(hit_ratio) {
@@ -444,6 +461,118 @@ async fn bench(cli: &Cli, config: BenchConfig) -> Result<()> {
         println!(
             "{:<5} {:>10} {:>8.2} {:>12.0} {:>10.2} {:>10.2} {:>10.2}",
             p.name, p.keys, p.seconds, p.keys_per_sec, p.batch_p50_ms, p.batch_p99_ms, p.batch_p999_ms
+        );
+    }
+    Ok(())
+}
+
+async fn scale(
+    cli: &Cli,
+    to: &[String],
+    add: &[String],
+    remove: Option<u32>,
+    timeout: Duration,
+) -> Result<()> {
+    let client = client(cli);
+    let info = client.get_node_info(0).await?;
+    let old = info.addresses.clone();
+    let next: Vec<String> = match (to.is_empty(), add.is_empty(), remove) {
+        (false, true, None) => to.to_vec(),
+        (true, false, None) => old.iter().chain(add).cloned().collect(),
+        (true, true, Some(n)) if (n as usize) < old.len() => old[..old.len() - n as usize].to_vec(),
+        (true, true, Some(n)) => usage(&format!("--remove {n}: the cluster has {} nodes", old.len())),
+        _ => usage("give one of --to, --add or --remove"),
+    };
+    if !keydb::settings::valid_address_list(&next) {
+        usage("the new list must be distinct host:port addresses");
+    }
+    if !(next.starts_with(&old) || old.starts_with(&next)) {
+        usage(&format!("the new list must keep the current nodes first, in order: {}", old.join(",")));
+    }
+    let moved = assignment::moves(cli.total_hash_ranges, old.len() as u32, next.len() as u32).len();
+    let resume = format!("keydb-admin --addresses {} scale --to {}", old[0], next.join(","));
+    let started = std::time::Instant::now();
+    let say = |m: String| {
+        if !cli.json {
+            eprintln!("{m}");
+        }
+    };
+    say(format!(
+        "scaling {} -> {} nodes: {moved} of {} ranges move",
+        old.len(),
+        next.len(),
+        cli.total_hash_ranges
+    ));
+    let step = |n: u32, what: &str, e: keydb::client::ClientError| {
+        anyhow::anyhow!("step {n} ({what}) failed: {e}; the scale is resumable with: {resume}")
+    };
+    say("[1/4] snapshotting every range ahead of the move".into());
+    client.create_snapshots(false).await.map_err(|e| step(1, "createSnapshots", e))?;
+    let t_snapshot = started.elapsed();
+    say("[2/4] switching to the new view".into());
+    let epoch = client.scale(&next).await.map_err(|e| step(2, "scale", e))?;
+    say(format!("[3/4] waiting for {moved} ranges to be handed off and loaded (epoch {epoch})"));
+    let mut everyone: Vec<String> = old.clone();
+    everyone.extend(next.iter().filter(|a| !old.contains(a)).cloned());
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last_line = String::new();
+    loop {
+        let (mut loading, mut draining, mut keys) = (0usize, 0usize, 0u64);
+        let mut unreachable = Vec::new();
+        for address in &everyone {
+            match client.get_info_at(address).await {
+                Ok(i) if i.epoch >= epoch => {
+                    loading += i.ranges_loading.len();
+                    draining += i.ranges_draining.len();
+                    keys += i.keys_count;
+                }
+                Ok(_) => loading += 1, // has not adopted the new view yet
+                Err(_) => unreachable.push(address.clone()),
+            }
+        }
+        let line = format!(
+            "      loaded {}/{moved}, handed off {}/{moved}, {keys} keys, {:.1}s{}",
+            moved.saturating_sub(loading),
+            moved.saturating_sub(draining),
+            started.elapsed().as_secs_f64(),
+            if unreachable.is_empty() {
+                String::new()
+            } else {
+                format!(", unreachable: {}", unreachable.join(","))
+            }
+        );
+        if line != last_line {
+            say(line.clone());
+            last_line = line;
+        }
+        if loading == 0 && draining == 0 && unreachable.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("step 3 (waiting for handoffs) timed out after {timeout:?}; resume with: {resume}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let t_moved = started.elapsed();
+    say("[4/4] completing".into());
+    for address in &everyone {
+        client.scale_complete_at(address).await.map_err(|e| step(4, "scaleComplete", e))?;
+    }
+    let total = started.elapsed();
+    if cli.json {
+        print_json(&serde_json::json!({
+            "success": true, "epoch": epoch, "from": old.len(), "to": next.len(), "ranges_moved": moved,
+            "snapshot_seconds": t_snapshot.as_secs_f64(), "move_seconds": (t_moved - t_snapshot).as_secs_f64(),
+            "total_seconds": total.as_secs_f64(),
+        }));
+    } else {
+        println!(
+            "scaled {} -> {} nodes (epoch {epoch}): {moved} ranges moved in {:.1}s (snapshot {:.1}s, handoff and load {:.1}s)",
+            old.len(),
+            next.len(),
+            total.as_secs_f64(),
+            t_snapshot.as_secs_f64(),
+            (t_moved - t_snapshot).as_secs_f64()
         );
     }
     Ok(())

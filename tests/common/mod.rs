@@ -17,9 +17,21 @@ use serde_json::Value;
 
 pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_keydb-node");
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, below the kernel's ephemeral range
+/// (32768 and up on Linux), so that no outgoing connection of a parallel
+/// test can take it between this call and the node's bind. Each port is
+/// handed out once per test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id() * 7919 % 12_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((seed + n * 13) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `cond` until it holds, failing the test after `timeout`.
