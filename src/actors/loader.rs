@@ -19,7 +19,8 @@ use crate::store::ObjectStore;
 /// Entries per merge message: a few milliseconds of the range actor's time.
 const MERGE_CHUNK: usize = 32_768;
 const POLL: Duration = Duration::from_millis(100);
-const MAX_POLL: Duration = Duration::from_secs(2);
+const MAX_POLL: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub async fn load_range(
     store: ObjectStore,
@@ -31,15 +32,25 @@ pub async fn load_range(
 ) {
     let started = std::time::Instant::now();
     let mut loaded: HashSet<String> = HashSet::new();
-    let mut delay = POLL;
+    let mut backoff = POLL;
+    let mut poll = POLL;
     loop {
-        match step(&store, range, total_hash_ranges, epoch, &addr, &mut loaded).await {
+        // Waiting for the handoff polls briskly at first (the wait bounds how
+        // long the range answers 503), then eases off so that many loading
+        // ranges do not flood the store; errors back off further.
+        let pause = match step(&store, range, total_hash_ranges, epoch, &addr, &mut loaded).await {
             Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => log::warn!("loading range {range}: {e} (retrying)"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_POLL);
+            Ok(false) => {
+                poll = (poll * 3 / 2).min(MAX_POLL);
+                poll
+            }
+            Err(e) => {
+                log::warn!("loading range {range}: {e} (retrying in {backoff:?})");
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
     log::info!("range {range}: {} segments loaded in {:?}", loaded.len(), started.elapsed());
     let _ = router.send(RangeLoaded { range }).await;

@@ -64,6 +64,10 @@ struct Job {
     ranges: Vec<(u32, Addr<RangeActor>)>,
     /// Every range with a table: these go into local checkpoints.
     all: Vec<(u32, Addr<RangeActor>)>,
+    /// One lock per range: a range's manifest is read and rewritten by one
+    /// task at a time (a snapshot or a handoff), while different ranges
+    /// proceed in parallel.
+    locks: Arc<Vec<tokio::sync::Mutex<()>>>,
 }
 
 static SEGMENT_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -92,6 +96,7 @@ impl SnapshotActor {
                 store,
                 ranges: Vec::new(),
                 all: Vec::new(),
+                locks: Arc::new((0..settings.total_hash_ranges).map(|_| Default::default()).collect()),
             },
             data_dir: settings.data_dir.clone(),
             interval: settings.snapshot_interval,
@@ -193,11 +198,13 @@ impl Handler<RecordLocal> for SnapshotActor {
 }
 
 impl Handler<Handoff> for SnapshotActor {
-    type Result = AtomicResponse<Self, Result<(), SnapshotError>>;
+    /// Handoffs of different ranges run in parallel: they bound how long a
+    /// moving range answers 503 on its new owner.
+    type Result = ResponseFuture<Result<(), SnapshotError>>;
 
     fn handle(&mut self, msg: Handoff, _: &mut Context<Self>) -> Self::Result {
         let job = self.job.clone();
-        AtomicResponse::new(Box::pin(async move { handoff(&job, msg).await }.into_actor(self)))
+        Box::pin(async move { handoff(&job, msg).await })
     }
 }
 
@@ -253,6 +260,7 @@ async fn snapshot_range(
     addr: &Addr<RangeActor>,
     full: bool,
 ) -> Result<(u64, u64), SnapshotError> {
+    let _exclusive = job.locks[range as usize].lock().await;
     let now = clock::now_secs();
     let data = addr
         .send(TakeSnapshot { full, now })
@@ -280,6 +288,7 @@ async fn snapshot_range(
 /// unless the mark is there already (a handoff redone after a restart).
 async fn handoff(job: &Job, msg: Handoff) -> Result<(), SnapshotError> {
     let range = msg.range;
+    let _exclusive = job.locks[range as usize].lock().await;
     let manifest = match restore::read_manifest(&job.store, range, job.total_hash_ranges).await {
         Ok(m) => m,
         Err(restore::RestoreError::Store(source)) => return Err(SnapshotError::Store { range, source }),
