@@ -17,12 +17,16 @@ use serde::Serialize;
 use crate::client::Client;
 
 /// Which API the load goes through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wire {
     /// The Rust client: binary fast path, routed, parallel per node.
     Client,
     /// Plain JSON requests to the first address (a single node).
     Json,
+    /// A Redis server at this address, driven as well as it can be: one
+    /// connection per worker, each batch pipelined (`SET k 1 EX ttl`,
+    /// `EXISTS k`), for side-by-side comparisons with the same keys.
+    Redis(String),
 }
 
 /// Told of every finished batch: the phase and the keys done so far in it.
@@ -39,6 +43,12 @@ pub struct BenchConfig {
     pub hit_ratio: f64,
     pub ttl: Duration,
     pub wire: Wire,
+    /// Keys are `<prefix><i>`, padded; two runs with one prefix use the same
+    /// keys (a random prefix per run when `None`).
+    pub key_prefix: Option<String>,
+    /// Skip the put phase (the keys were put by an earlier run with the
+    /// same prefix).
+    pub skip_put: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,9 +72,9 @@ pub enum BenchError {
     Http(String),
 }
 
-/// Key `i` of a run: unique per run, padded to `len` bytes.
-fn key(run: u64, i: u64, len: usize) -> String {
-    let k = format!("b{run:x}-{i}");
+/// Key `i` of a run, padded to `len` bytes.
+fn key(prefix: &str, i: u64, len: usize) -> String {
+    let k = format!("{prefix}{i}");
     if k.len() >= len {
         k
     } else {
@@ -77,27 +87,95 @@ struct Target {
     http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
     first: String,
     wire: Wire,
+    /// Idle Redis connections (one per worker once warmed up).
+    redis: tokio::sync::Mutex<Vec<tokio::net::TcpStream>>,
 }
 
 impl Target {
     async fn put(&self, keys: &[String], ttl: Duration) -> Result<(), BenchError> {
-        match self.wire {
+        match &self.wire {
             Wire::Client => Ok(self.client.put(keys, ttl).await?),
             Wire::Json => {
                 let body = serde_json::json!({"keys": keys, "ttl_seconds": ttl.as_secs()});
                 self.json("/put", body).await.map(|_| ())
             }
+            Wire::Redis(address) => {
+                let ttl = ttl.as_secs().to_string();
+                let mut out = Vec::with_capacity(keys.len() * 64);
+                for k in keys {
+                    resp_command(&mut out, &[b"SET", k.as_bytes(), b"1", b"EX", ttl.as_bytes()]);
+                }
+                let replies = self.redis_pipeline(address, &out, keys.len()).await?;
+                match replies.iter().find(|r| r.as_str() != "+OK") {
+                    Some(bad) => Err(BenchError::Wrong(format!("SET answered {bad}"))),
+                    None => Ok(()),
+                }
+            }
         }
     }
 
     async fn get(&self, keys: &[String]) -> Result<Vec<bool>, BenchError> {
-        match self.wire {
+        match &self.wire {
             Wire::Client => Ok(self.client.get(keys).await?),
             Wire::Json => {
                 let v = self.json("/get", serde_json::json!({ "keys": keys })).await?;
                 serde_json::from_value(v["exists"].clone()).map_err(|e| BenchError::Http(e.to_string()))
             }
+            Wire::Redis(address) => {
+                let mut out = Vec::with_capacity(keys.len() * 40);
+                for k in keys {
+                    resp_command(&mut out, &[b"EXISTS", k.as_bytes()]);
+                }
+                let replies = self.redis_pipeline(address, &out, keys.len()).await?;
+                replies
+                    .iter()
+                    .map(|r| match r.as_str() {
+                        ":1" => Ok(true),
+                        ":0" => Ok(false),
+                        other => Err(BenchError::Wrong(format!("EXISTS answered {other}"))),
+                    })
+                    .collect()
+            }
         }
+    }
+
+    /// Sends `commands` in one write on a pooled connection and reads
+    /// `count` one-line replies.
+    async fn redis_pipeline(
+        &self,
+        address: &str,
+        commands: &[u8],
+        count: usize,
+    ) -> Result<Vec<String>, BenchError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let err = |e: std::io::Error| BenchError::Http(format!("redis {address}: {e}"));
+        let pooled = self.redis.lock().await.pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = tokio::net::TcpStream::connect(address).await.map_err(err)?;
+                c.set_nodelay(true).map_err(err)?;
+                c
+            }
+        };
+        conn.write_all(commands).await.map_err(err)?;
+        let mut replies = Vec::with_capacity(count);
+        let mut buf = Vec::with_capacity(count * 5);
+        let mut start = 0;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while replies.len() < count {
+            let n = conn.read(&mut chunk).await.map_err(err)?;
+            if n == 0 {
+                return Err(BenchError::Http(format!("redis {address} closed the connection")));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(end) = buf[start..].windows(2).position(|w| w == b"\r\n") {
+                replies.push(String::from_utf8_lossy(&buf[start..start + end]).into_owned());
+                start += end + 2;
+            }
+        }
+        self.redis.lock().await.push(conn);
+        Ok(replies)
     }
 
     async fn json(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, BenchError> {
@@ -116,6 +194,16 @@ impl Target {
     }
 }
 
+/// Appends one command in RESP (the Redis protocol).
+fn resp_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Runs the put phase, then the get phase; `progress` is told of every
 /// finished batch (keys done so far in the phase).
 pub async fn run(
@@ -126,53 +214,50 @@ pub async fn run(
 ) -> Result<Vec<Phase>, BenchError> {
     let run_id =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let prefix: Arc<str> = cfg.key_prefix.clone().unwrap_or_else(|| format!("b{run_id:x}-")).into();
     let target = Arc::new(Target {
         client,
         http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
         first: first_address,
-        wire: cfg.wire,
+        wire: cfg.wire.clone(),
+        redis: Default::default(),
     });
     let cfg = Arc::new(cfg);
     let batches = cfg.keys.div_ceil(cfg.batch as u64);
 
-    let put = phase("put", &cfg, batches, progress.clone(), {
-        let target = target.clone();
-        let cfg = cfg.clone();
-        move |b| {
-            let target = target.clone();
-            let cfg = cfg.clone();
-            async move {
-                let start = b * cfg.batch as u64;
-                let end = (start + cfg.batch as u64).min(cfg.keys);
-                let keys: Vec<String> = (start..end).map(|i| key(run_id, i, cfg.key_len)).collect();
-                target.put(&keys, cfg.ttl).await?;
-                Ok(keys.len() as u64)
+    let mut phases = Vec::new();
+    if !cfg.skip_put {
+        let put = phase("put", &cfg, batches, progress.clone(), {
+            let (target, cfg, prefix) = (target.clone(), cfg.clone(), prefix.clone());
+            move |b| {
+                let (target, cfg, prefix) = (target.clone(), cfg.clone(), prefix.clone());
+                async move {
+                    let start = b * cfg.batch as u64;
+                    let end = (start + cfg.batch as u64).min(cfg.keys);
+                    let keys: Vec<String> = (start..end).map(|i| key(&prefix, i, cfg.key_len)).collect();
+                    target.put(&keys, cfg.ttl).await?;
+                    Ok(keys.len() as u64)
+                }
             }
-        }
-    })
-    .await?;
+        })
+        .await?;
+        phases.push(put);
+    }
 
     let get = phase("get", &cfg, batches, progress, {
-        let target = target.clone();
-        let cfg = cfg.clone();
+        let (target, cfg, prefix) = (target.clone(), cfg.clone(), prefix.clone());
         move |b| {
-            let target = target.clone();
-            let cfg = cfg.clone();
+            let (target, cfg, prefix) = (target.clone(), cfg.clone(), prefix.clone());
             async move {
                 let start = b * cfg.batch as u64;
                 let end = (start + cfg.batch as u64).min(cfg.keys);
                 // Key i is a hit when its position falls under the ratio.
                 let hit = |i: u64| ((i * 2_654_435_761) % 1000) < (cfg.hit_ratio * 1000.0) as u64;
-                let keys: Vec<String> =
-                    (start..end)
-                        .map(|i| {
-                            if hit(i) {
-                                key(run_id, i, cfg.key_len)
-                            } else {
-                                key(run_id ^ 1, i, cfg.key_len)
-                            }
-                        })
-                        .collect();
+                // Absent keys share the length and shape of the present ones.
+                let absent = format!("{prefix}x");
+                let keys: Vec<String> = (start..end)
+                    .map(|i| if hit(i) { key(&prefix, i, cfg.key_len) } else { key(&absent, i, cfg.key_len) })
+                    .collect();
                 let answers = target.get(&keys).await?;
                 for (i, (k, &a)) in (start..end).zip(keys.iter().zip(&answers)) {
                     if a != hit(i) {
@@ -184,7 +269,8 @@ pub async fn run(
         }
     })
     .await?;
-    Ok(vec![put, get])
+    phases.push(get);
+    Ok(phases)
 }
 
 async fn phase<F, Fut>(

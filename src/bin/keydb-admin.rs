@@ -103,8 +103,18 @@ enum Command {
         ttl: Duration,
         /// Send plain JSON to the first address instead of using the client
         /// (binary fast path).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "redis")]
         json_api: bool,
+        /// Load a Redis server at this address instead, the same way
+        /// (pipelined SET k 1 EX ttl, EXISTS k), for comparisons.
+        #[arg(long)]
+        redis: Option<String>,
+        /// Keys are <prefix><i>; runs with one prefix use the same keys.
+        #[arg(long)]
+        key_prefix: Option<String>,
+        /// Only the get phase, over keys an earlier run put (same prefix).
+        #[arg(long, requires = "key_prefix")]
+        skip_put: bool,
     },
     /// Run a local cluster of N nodes on consecutive ports over a shared
     /// folder store; Ctrl-C stops them all.
@@ -241,7 +251,18 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Plan { from, to } => plan(&cli, *from, *to),
         Command::Scale { to, add, remove, timeout } => scale(&cli, to, add, *remove, *timeout).await,
         Command::LocalCluster { nodes, base_port, dir } => local_cluster(*nodes, *base_port, dir).await,
-        Command::Bench { keys, key_len, batch, concurrency, hit_ratio, ttl, json_api } => {
+        Command::Bench {
+            keys,
+            key_len,
+            batch,
+            concurrency,
+            hit_ratio,
+            ttl,
+            json_api,
+            redis,
+            key_prefix,
+            skip_put,
+        } => {
             if !(0.0..=1.0).contains(hit_ratio) {
                 usage("--hit-ratio must be between 0 and 1");
             }
@@ -252,7 +273,13 @@ async fn run(cli: Cli) -> Result<()> {
                 concurrency: *concurrency as usize,
                 hit_ratio: *hit_ratio,
                 ttl: *ttl,
-                wire: if *json_api { Wire::Json } else { Wire::Client },
+                wire: match (json_api, redis) {
+                    (_, Some(address)) => Wire::Redis(address.clone()),
+                    (true, None) => Wire::Json,
+                    (false, None) => Wire::Client,
+                },
+                key_prefix: key_prefix.clone(),
+                skip_put: *skip_put,
             };
             bench(&cli, config).await
         }
@@ -438,7 +465,17 @@ fn stop_all(children: &mut [std::process::Child]) {
 }
 
 async fn bench(cli: &Cli, config: BenchConfig) -> Result<()> {
-    let client = client(cli);
+    let client = match &config.wire {
+        // The client is not used against Redis; it only needs an address.
+        Wire::Redis(address) => {
+            Client::new(Config { addresses: vec![address.clone()], ..Default::default() })?
+        }
+        _ => client(cli),
+    };
+    let first = match &config.wire {
+        Wire::Redis(address) => address.clone(),
+        _ => cli.addresses[0].clone(),
+    };
     let quiet = cli.json;
     let total = config.keys;
     let progress: keydb::bench::Progress = std::sync::Arc::new(move |phase, done| {
@@ -448,7 +485,7 @@ async fn bench(cli: &Cli, config: BenchConfig) -> Result<()> {
             eprintln!("  {phase}: {done}/{total} keys");
         }
     });
-    let phases = keydb::bench::run(client, cli.addresses[0].clone(), config, progress).await?;
+    let phases = keydb::bench::run(client, first, config, progress).await?;
     if cli.json {
         print_json(&serde_json::to_value(&phases)?);
         return Ok(());
