@@ -37,6 +37,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::assignment;
 use crate::fingerprint::{checked_fingerprint, Fingerprint};
+use crate::store::error_chain;
 use crate::view::ViewWire;
 use crate::wire::{self, BinaryKeys, BinaryRequest, Info, MAX_TTL_SECONDS};
 
@@ -552,17 +553,6 @@ fn status_failure(status: StatusCode, body: &[u8]) -> Failure {
             .map_or_else(|| String::from_utf8_lossy(body).into_owned(), String::from),
         view: serde_json::from_value(v["cluster"].clone()).ok(),
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 fn check_ttl(ttl: Duration) -> Result<u32, ClientError> {

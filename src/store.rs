@@ -205,7 +205,7 @@ impl S3Store {
             .body(ByteStream::from(data))
             .send()
             .await
-            .map_err(|e| StoreError::new("put", key, sdk_message(&e)))?;
+            .map_err(|e| StoreError::new("put", key, error_chain(&e)))?;
         Ok(())
     }
 
@@ -214,7 +214,7 @@ impl S3Store {
         let output = match response {
             Ok(o) => o,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(StoreError::new("get", key, sdk_message(&e))),
+            Err(e) => return Err(StoreError::new("get", key, error_chain(&e))),
         };
         let body = output.body.collect().await.map_err(|e| StoreError::new("get", key, e))?;
         Ok(Some(body.into_bytes().to_vec()))
@@ -227,13 +227,14 @@ impl S3Store {
             .key(self.key(key))
             .send()
             .await
-            .map_err(|e| StoreError::new("delete", key, sdk_message(&e)))?;
+            .map_err(|e| StoreError::new("delete", key, error_chain(&e)))?;
         Ok(())
     }
 }
 
-/// The SDK's errors print only their kind; the source chain has the reason.
-fn sdk_message(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error with its whole source chain: the SDK's and hyper's errors print
+/// only their kind, the sources have the reason.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

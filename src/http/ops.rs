@@ -5,13 +5,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::{ApiError, AppState};
 use crate::messages::{CreateSnapshots, GetInfo};
 
+async fn node_info(state: &AppState) -> Result<crate::wire::Info, ApiError> {
+    state.router.send(GetInfo).await.map_err(|e| ApiError::Internal(format!("router did not answer: {e}")))
+}
+
 pub async fn info(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let info = state
-        .router
-        .send(GetInfo)
-        .await
-        .map_err(|e| ApiError::Internal(format!("router did not answer: {e}")))?;
-    Ok(HttpResponse::Ok().json(info))
+    Ok(HttpResponse::Ok().json(node_info(&state).await?))
 }
 
 pub async fn healthz() -> HttpResponse {
@@ -19,11 +18,7 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let info = state
-        .router
-        .send(GetInfo)
-        .await
-        .map_err(|e| ApiError::Internal(format!("router did not answer: {e}")))?;
+    let info = node_info(&state).await?;
     if info.ranges_loading.is_empty() {
         Ok(HttpResponse::Ok().content_type("text/plain").body("ready\n"))
     } else {
@@ -66,7 +61,7 @@ pub async fn create_snapshots(
             "ranges": report.ranges,
         }))),
         Err(e) if e.is_retryable() => {
-            let info = state.router.send(GetInfo).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+            let info = node_info(&state).await?;
             Err(ApiError::Unavailable { message: e.to_string(), view: info.view(), retry_after_secs: 5 })
         }
         Err(e) => Err(ApiError::Internal(e.to_string())),
