@@ -15,6 +15,7 @@
 //! - [`settings`]: node settings (file < `KEYDB_CONFIG` < env) and validation.
 //! - [`wal`]: the write-ahead log with group commit, and its replay.
 //! - [`wire`]: request/response bodies, JSON and the binary fast path.
+//! - [`metrics`]: Prometheus metrics for `GET /metrics`.
 //! - [`messages`]: one struct per request between actors.
 //! - [`actors`]: `RangeActor` (one per range) and `RouterActor`.
 //! - [`http`]: the actix-web API and its error mapping.
@@ -28,6 +29,7 @@ pub mod clock;
 pub mod fingerprint;
 pub mod http;
 pub mod messages;
+pub mod metrics;
 pub mod restore;
 pub mod segment;
 pub mod server;

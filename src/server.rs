@@ -133,10 +133,12 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         max_body_bytes: settings.max_body_bytes,
     });
     log::info!("listening on {}", listener.local_addr()?);
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::configure))
-        .workers(cores)
-        .listen(listener)?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new().app_data(state.clone()).wrap_fn(http::record_metrics).configure(http::configure)
+    })
+    .workers(cores)
+    .listen(listener)?
+    .run();
     let result = server.await;
     // In-flight requests are finished: flush and close the WAL.
     let wal = wal_slot.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -54,27 +54,38 @@ impl ObjectStore {
     }
 
     pub async fn put(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
-        match self {
+        counted(match self {
             ObjectStore::Fs(fs) => fs.put(key, data).await,
             ObjectStore::S3(s3) => s3.put(key, data).await,
-        }
+        })
     }
 
     /// The object, or `None` if there is none under `key`.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self {
+        counted(match self {
             ObjectStore::Fs(fs) => fs.get(key).await,
             ObjectStore::S3(s3) => s3.get(key).await,
-        }
+        })
     }
 
     /// Deletes an object; deleting a missing object is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        match self {
+        counted(match self {
             ObjectStore::Fs(fs) => fs.delete(key).await,
             ObjectStore::S3(s3) => s3.delete(key).await,
-        }
+        })
     }
+}
+
+/// Counts a failed operation in the metrics, by operation.
+fn counted<T>(result: Result<T, StoreError>) -> Result<T, StoreError> {
+    if let Err(e) = &result {
+        crate::metrics::METRICS
+            .store_errors
+            .get_or_create(&crate::metrics::KindLabel { kind: e.op.into() })
+            .inc();
+    }
+    result
 }
 
 /// A folder; object keys are relative paths inside it.

@@ -259,8 +259,13 @@ impl Writer {
             self.start_file(u64::from_le_bytes(buf[HEADER..HEADER + 8].try_into().unwrap()))?;
         }
         let (file, path) = &mut self.file;
+        let started = std::time::Instant::now();
         file.write_all(buf).map_err(|e| io_err(path, e))?;
         file.sync_data().map_err(|e| io_err(path, e))?;
+        let m = &crate::metrics::METRICS;
+        m.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+        m.wal_batch_bytes.observe(buf.len() as f64);
+        m.wal_bytes.inc_by(buf.len() as u64);
         self.written += buf.len() as u64;
         Ok(())
     }

@@ -426,6 +426,10 @@ impl Handler<RangeLoaded> for RouterActor {
         if let Some(slot) = &mut self.slots[msg.range as usize] {
             if slot.state == RangeState::Loading {
                 slot.state = RangeState::Serving;
+                crate::metrics::METRICS
+                    .ranges_moved
+                    .get_or_create(&crate::metrics::KindLabel { kind: "loaded".into() })
+                    .inc();
                 log::info!("range {} loaded: serving", msg.range);
                 self.publish(Vec::new());
             }
@@ -440,6 +444,10 @@ impl Handler<HandedOff> for RouterActor {
         if let Some(slot) = &mut self.slots[msg.range as usize] {
             if slot.state == RangeState::Draining {
                 slot.state = RangeState::Drained;
+                crate::metrics::METRICS
+                    .ranges_moved
+                    .get_or_create(&crate::metrics::KindLabel { kind: "handed_off".into() })
+                    .inc();
                 log::info!("range {} handed off", msg.range);
                 self.publish(Vec::new());
             }

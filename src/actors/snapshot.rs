@@ -126,13 +126,18 @@ impl SnapshotActor {
         if self.interval.is_zero() || Instant::now() < self.next_due {
             return;
         }
-        let fut = snapshot_all(self.job.clone(), false);
-        ctx.wait(fut.into_actor(self).map(|result, actor, _| actor.finished(&result, "periodic")));
+        let (fut, started) = (snapshot_all(self.job.clone(), false), Instant::now());
+        ctx.wait(
+            fut.into_actor(self).map(move |result, actor, _| actor.finished(&result, "periodic", started)),
+        );
     }
 
-    fn finished(&mut self, result: &Result<SnapshotReport, SnapshotError>, what: &str) {
+    fn finished(&mut self, result: &Result<SnapshotReport, SnapshotError>, what: &str, started: Instant) {
+        let m = &crate::metrics::METRICS;
+        m.snapshot_seconds.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(report) => {
+                m.snapshot_bytes.inc_by(report.bytes);
                 self.last_snapshot.store(u64::from(clock::now_secs()), Ordering::Relaxed);
                 self.backoff = TICK;
                 self.next_due = Instant::now() + self.interval;
@@ -146,6 +151,7 @@ impl SnapshotActor {
                 }
             }
             Err(e) => {
+                m.snapshot_failures.inc();
                 log::warn!("{what} snapshot failed, retrying in {:?}: {e}", self.backoff);
                 self.next_due = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF).min(self.interval.max(TICK));
@@ -219,6 +225,7 @@ impl Handler<CreateSnapshots> for SnapshotActor {
     fn handle(&mut self, msg: CreateSnapshots, _: &mut Context<Self>) -> Self::Result {
         let job = self.job.clone();
         let ready = self.wal.is_some();
+        let started = Instant::now();
         AtomicResponse::new(Box::pin(
             async move {
                 if !ready {
@@ -228,8 +235,8 @@ impl Handler<CreateSnapshots> for SnapshotActor {
                 snapshot_all(job, msg.full).await
             }
             .into_actor(self)
-            .map(|result, actor, _| {
-                actor.finished(&result, "requested");
+            .map(move |result, actor, _| {
+                actor.finished(&result, "requested", started);
                 result
             }),
         ))

@@ -95,6 +95,10 @@ async fn serve(
         Format::Binary => wire::decode_binary(&bytes, with_ttl, state.max_keys_per_request),
     };
     let DataRequest { fingerprints, ttl_seconds } = decoded.map_err(|e| ApiError::BadRequest(e.0))?;
+    crate::metrics::METRICS
+        .keys
+        .get_or_create(&crate::metrics::RouteLabel { route: req.path().to_string() })
+        .inc_by(fingerprints.len() as u64);
     drop(bytes);
     let kind = match (op, ttl_seconds) {
         (Op::Get, _) => RouteKind::Get,

@@ -28,6 +28,34 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
+/// Counts every request and its latency by route pattern and status (the
+/// pattern, not the path, so that unknown paths cannot grow the label set).
+pub fn record_metrics<S>(
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse, actix_web::Error>>
+where
+    S: actix_web::dev::Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse,
+        Error = actix_web::Error,
+    >,
+{
+    let started = std::time::Instant::now();
+    let call = srv.call(req);
+    async move {
+        let result = call.await;
+        let (route, status) = match &result {
+            Ok(res) => {
+                (res.request().match_pattern().unwrap_or_else(|| "other".into()), res.status().as_u16())
+            }
+            Err(e) => ("other".into(), e.as_response_error().status_code().as_u16()),
+        };
+        crate::metrics::METRICS.request(&route, status, started.elapsed());
+        result
+    }
+}
+
 /// Registers every route of API.md.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/put", web::post().to(data::put))
@@ -36,6 +64,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/info", web::get().to(ops::info))
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
+        .route("/metrics", web::get().to(ops::metrics))
         .route("/createSnapshots", web::post().to(ops::create_snapshots))
         .route("/scale", web::post().to(cluster::scale))
         .route("/scaleComplete", web::post().to(cluster::scale_complete))

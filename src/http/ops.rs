@@ -13,6 +13,24 @@ pub async fn info(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
     Ok(HttpResponse::Ok().json(node_info(&state).await?))
 }
 
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    use crate::metrics::{StateLabel, METRICS};
+    let info = node_info(&state).await?;
+    METRICS.keys_stored.set(info.keys_count as i64);
+    let loading = info.ranges_loading.len() as i64;
+    for (name, count) in [
+        ("serving", info.hash_ranges.len() as i64 - loading),
+        ("loading", loading),
+        ("draining", info.ranges_draining.len() as i64),
+    ] {
+        METRICS.ranges.get_or_create(&StateLabel { state: name.into() }).set(count);
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(METRICS.encode()))
+}
+
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
