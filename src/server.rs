@@ -18,7 +18,7 @@ use futures_util::stream::{self, StreamExt};
 use crate::actors::{RangeActor, RangeState, RouterActor, RouterDeps, SnapshotActor};
 use crate::clock;
 use crate::http::{self, AppState};
-use crate::messages::{AllRestored, RangesRestored, Restore};
+use crate::messages::{AllRestored, CreateSnapshots, RangesRestored, Restore};
 use crate::restore::{self, LocalState};
 use crate::settings::Settings;
 use crate::store::ObjectStore;
@@ -31,6 +31,8 @@ pub const VIEW_KEY: &str = "cluster.json";
 /// Ranges restored from the object store at once.
 const PARALLEL_RESTORES: usize = 8;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// A last snapshot at shutdown gives up after this long.
+const LAST_SNAPSHOT_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The WAL once opened, with its writer thread, for the shutdown to flush.
 type WalSlot = Arc<Mutex<Option<(Wal, std::thread::JoinHandle<()>)>>>;
@@ -123,6 +125,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         wal_slot: wal_slot.clone(),
     }));
 
+    let last_snapshot_to = snapshots.clone();
     let state = web::Data::new(AppState {
         router,
         snapshots,
@@ -137,9 +140,26 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         App::new().app_data(state.clone()).wrap_fn(http::record_metrics).configure(http::configure)
     })
     .workers(cores)
+    .shutdown_timeout(settings.shutdown_timeout.as_secs())
+    // Signals are ours: actix-server's own handling would stop the whole
+    // actor system, range actors included, before the last snapshot.
+    .disable_signals()
     .listen(listener)?
     .run();
+    actix_web::rt::spawn(stop_on_signal(server.handle()));
     let result = server.await;
+    if settings.snapshot_on_shutdown {
+        // The ranges and the WAL are still up; nothing writes any more.
+        let last = last_snapshot_to.send(CreateSnapshots { full: false });
+        match tokio::time::timeout(LAST_SNAPSHOT_DEADLINE, last).await {
+            Ok(Ok(Ok(report))) => log::info!("last snapshot written ({} segments)", report.segments),
+            Ok(Ok(Err(e))) => log::warn!("last snapshot failed (the WAL has everything): {e}"),
+            Ok(Err(e)) => log::warn!("last snapshot not taken: {e}"),
+            Err(_) => log::warn!(
+                "last snapshot unfinished after {LAST_SNAPSHOT_DEADLINE:?} (the WAL has everything)"
+            ),
+        }
+    }
     // In-flight requests are finished: flush and close the WAL.
     let wal = wal_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some((wal, handle)) = wal {
@@ -151,6 +171,25 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     }
     log::info!("stopped");
     Ok(result?)
+}
+
+/// On SIGTERM or SIGINT: stop accepting, let in-flight requests finish
+/// (up to `shutdown_timeout`), and let `run_on` flush and exit.
+async fn stop_on_signal(server: actix_web::dev::ServerHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            log::error!("cannot listen for SIGTERM/SIGINT ({e}): stop the node with SIGKILL");
+            return;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    log::info!("{name}: finishing in-flight requests, then stopping");
+    server.stop(true).await;
 }
 
 fn view_cache(data_dir: &Path) -> PathBuf {

@@ -83,6 +83,10 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// A local checkpoint is written once the WAL holds this many bytes.
     pub wal_checkpoint_bytes: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_timeout: Duration,
+    /// On SIGTERM/SIGINT, write a last incremental snapshot before exiting.
+    pub snapshot_on_shutdown: bool,
 }
 
 /// One bad setting.
@@ -129,6 +133,8 @@ const KEYS: &[&str] = &[
     "max_keys_per_request",
     "max_body_bytes",
     "wal_checkpoint_bytes",
+    "shutdown_timeout",
+    "snapshot_on_shutdown",
 ];
 
 /// `KEYDB_*` variables that are not node settings and are left alone:
@@ -215,6 +221,12 @@ impl Settings {
             |s| s.parse::<u64>().ok().filter(|n| (MIN_CHECKPOINT_BYTES..=MAX_CHECKPOINT_BYTES).contains(n)),
         );
 
+        let shutdown_timeout = p.parse("shutdown_timeout", "a duration of at most 10m, such as 30s", |s| {
+            humantime::parse_duration(s).ok().filter(|d| *d <= Duration::from_secs(600))
+        });
+        let snapshot_on_shutdown =
+            p.parse("snapshot_on_shutdown", "true or false", |s| s.parse::<bool>().ok());
+
         // Checks across settings, only once each part parsed.
         if let (Some(id), Some(addresses)) = (node_id, &node_addresses) {
             if id as usize >= addresses.len() {
@@ -273,6 +285,8 @@ impl Settings {
             max_keys_per_request: max_keys_per_request.unwrap(),
             max_body_bytes: max_body_bytes.unwrap(),
             wal_checkpoint_bytes: wal_checkpoint_bytes.unwrap(),
+            shutdown_timeout: shutdown_timeout.unwrap(),
+            snapshot_on_shutdown: snapshot_on_shutdown.unwrap(),
         })
     }
 }
@@ -441,6 +455,8 @@ mod tests {
             ("KEYDB_MAX_KEYS_PER_REQUEST", "0"),
             ("KEYDB_MAX_BODY_BYTES", "12"),
             ("KEYDB_WAL_CHECKPOINT_BYTES", "1"),
+            ("KEYDB_SHUTDOWN_TIMEOUT", "forever"),
+            ("KEYDB_SNAPSHOT_ON_SHUTDOWN", "maybe"),
             ("KEYDB_NO_SUCH_THING", "1"),
         ];
         for (k, v) in cases {

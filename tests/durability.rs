@@ -303,3 +303,39 @@ fn another_total_hash_ranges_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("KEYDB_TOTAL_HASH_RANGES"), "{stderr}");
 }
+
+#[test]
+fn sigterm_under_load_keeps_every_acknowledged_key() {
+    let mut node = Node::start();
+    let acked: std::sync::Mutex<Vec<Vec<String>>> = Default::default();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let addr = node.addr.clone();
+    let pid = node.child.id().to_string();
+    let exited = |node: &mut Node| node.child.try_wait().ok().flatten().is_some();
+    std::thread::scope(|s| {
+        for w in 0..4 {
+            let (addr, acked, stop) = (&addr, &acked, &stop);
+            s.spawn(move || {
+                for b in 0.. {
+                    let batch = keys(&format!("term-{w}-{b}"), 500);
+                    if stop.load(Ordering::SeqCst) || common::try_put(addr, &batch, 3600).is_err() {
+                        return;
+                    }
+                    acked.lock().unwrap().push(batch);
+                }
+            });
+        }
+        wait_until("the writers to get going", Duration::from_secs(60), || acked.lock().unwrap().len() >= 40);
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        // Writers see the node go away; the ones that do not are told.
+        wait_until("the node to exit", Duration::from_secs(60), || exited(&mut node));
+        stop.store(true, Ordering::SeqCst);
+    });
+    let status = node.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM under load is a clean exit:\n{}", node.log());
+    assert!(node.log().contains("last snapshot written"), "{}", node.log());
+    node.restart();
+    for batch in acked.into_inner().unwrap() {
+        assert_all_present(&node, &batch);
+    }
+}
