@@ -65,6 +65,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics))
+        .route("/", web::get().to(ops::status_page))
         .route("/createSnapshots", web::post().to(ops::create_snapshots))
         .route("/scale", web::post().to(cluster::scale))
         .route("/scaleComplete", web::post().to(cluster::scale_complete))

@@ -9,8 +9,17 @@ async fn node_info(state: &AppState) -> Result<crate::wire::Info, ApiError> {
     state.router.send(GetInfo).await.map_err(|e| ApiError::Internal(format!("router did not answer: {e}")))
 }
 
+/// The read-only GET routes may be read from any origin: the status page
+/// of one node reads `/info` of every other.
+const CORS: (&str, &str) = ("Access-Control-Allow-Origin", "*");
+
 pub async fn info(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(node_info(&state).await?))
+    Ok(HttpResponse::Ok().insert_header(CORS).json(node_info(&state).await?))
+}
+
+/// `GET /`: the status page, one self-contained HTML file.
+pub async fn status_page() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("status.html"))
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -27,20 +36,22 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         METRICS.ranges.get_or_create(&StateLabel { state: name.into() }).set(count);
     }
     Ok(HttpResponse::Ok()
+        .insert_header(CORS)
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(METRICS.encode()))
 }
 
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+    HttpResponse::Ok().insert_header(CORS).content_type("text/plain").body("ok\n")
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let info = node_info(&state).await?;
     if info.ranges_loading.is_empty() {
-        Ok(HttpResponse::Ok().content_type("text/plain").body("ready\n"))
+        Ok(HttpResponse::Ok().insert_header(CORS).content_type("text/plain").body("ready\n"))
     } else {
         Ok(HttpResponse::ServiceUnavailable()
+            .insert_header(CORS)
             .content_type("text/plain")
             .body(format!("{} ranges loading\n", info.ranges_loading.len())))
     }
