@@ -45,8 +45,8 @@ fn status_page_shows_every_range_and_node() {
     let dom = chromium(&["--dump-dom"], &url);
     assert!(dom.contains(r#"data-ready="true""#), "the page did not finish loading:\n{dom}");
     let owner = owners(128, 3);
-    for r in 0..128 {
-        let rect = format!(r#"data-range="{r}" data-owner="{}""#, owner[r]);
+    for (r, o) in owner.iter().enumerate() {
+        let rect = format!(r#"data-range="{r}" data-owner="{o}""#);
         assert!(dom.contains(&rect), "range {r} missing or with the wrong owner");
     }
     assert_eq!(dom.matches(r#"class="range serving""#).count(), 128);
