@@ -2,9 +2,12 @@
 # Runs KeyDB's whole test suite: unit, property and integration tests. The
 # integration tests start real keydb-node processes on free 127.0.0.1 ports,
 # and the S3 tests use a Garage server that this script installs (once, with
-# cargo install) and starts, and stops at the end.
+# cargo install) and starts, and stops at the end. The Kubernetes manifests
+# are validated offline first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+./scripts/validate-manifests.sh
 
 ./scripts/garage.sh install
 garage_dir=$(mktemp -d -t keydb-garage.XXXXXX)
