@@ -59,54 +59,75 @@ fn seconds_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
 }
 
+/// Registers a clone of `metric` (clones share their values) and returns it.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let mut registry = Registry::with_prefix("keydb");
-    let m = Metrics {
-        requests: Family::default(),
-        request_seconds: Family::new_with_constructor(seconds_buckets),
-        keys: Family::default(),
-        keys_stored: Gauge::default(),
-        ranges: Family::default(),
-        wal_fsync_seconds: seconds_buckets(),
-        wal_batch_bytes: Histogram::new(exponential_buckets(64.0, 4.0, 12)),
-        wal_bytes: Counter::default(),
-        snapshot_seconds: seconds_buckets(),
-        snapshot_bytes: Counter::default(),
-        snapshot_failures: Counter::default(),
-        store_errors: Family::default(),
-        ranges_moved: Family::default(),
-        registry: Registry::default(),
-    };
-    registry.register("requests", "HTTP requests by route and status", m.requests.clone());
-    registry.register("request_seconds", "HTTP request latency by route", m.request_seconds.clone());
-    registry.register("keys", "Keys received by data route", m.keys.clone());
-    registry.register(
+    let mut r = Registry::with_prefix("keydb");
+    let requests = registered(&mut r, "requests", "HTTP requests by route and status", Family::default());
+    let request_seconds = registered(
+        &mut r,
+        "request_seconds",
+        "HTTP request latency by route",
+        Family::<RouteLabel, Histogram>::new_with_constructor(seconds_buckets),
+    );
+    let keys = registered(&mut r, "keys", "Keys received by data route", Family::default());
+    let keys_stored = registered(
+        &mut r,
         "keys_stored",
         "Keys held by this node (expired ones until swept)",
-        m.keys_stored.clone(),
+        Gauge::default(),
     );
-    registry.register("ranges", "Ranges held by this node, by state", m.ranges.clone());
-    registry.register(
+    let ranges = registered(&mut r, "ranges", "Ranges held by this node, by state", Family::default());
+    let wal_fsync_seconds = registered(
+        &mut r,
         "wal_fsync_seconds",
         "Duration of each WAL write and fdatasync",
-        m.wal_fsync_seconds.clone(),
+        seconds_buckets(),
     );
-    registry.register(
+    let wal_batch_bytes = registered(
+        &mut r,
         "wal_batch_bytes",
         "Bytes made durable by each WAL fdatasync",
-        m.wal_batch_bytes.clone(),
+        Histogram::new(exponential_buckets(64.0, 4.0, 12)),
     );
-    registry.register("wal_written_bytes", "Bytes written to the WAL", m.wal_bytes.clone());
-    registry.register("snapshot_seconds", "Duration of snapshot runs", m.snapshot_seconds.clone());
-    registry.register(
+    let wal_bytes = registered(&mut r, "wal_written_bytes", "Bytes written to the WAL", Counter::default());
+    let snapshot_seconds =
+        registered(&mut r, "snapshot_seconds", "Duration of snapshot runs", seconds_buckets());
+    let snapshot_bytes = registered(
+        &mut r,
         "snapshot_written_bytes",
         "Segment bytes written to the object store",
-        m.snapshot_bytes.clone(),
+        Counter::default(),
     );
-    registry.register("snapshot_failures", "Snapshot runs that failed", m.snapshot_failures.clone());
-    registry.register("object_store_errors", "Object store errors by operation", m.store_errors.clone());
-    registry.register("ranges_moved", "Ranges handed off or loaded in scales", m.ranges_moved.clone());
-    Metrics { registry, ..m }
+    let snapshot_failures =
+        registered(&mut r, "snapshot_failures", "Snapshot runs that failed", Counter::default());
+    let store_errors =
+        registered(&mut r, "object_store_errors", "Object store errors by operation", Family::default());
+    let ranges_moved =
+        registered(&mut r, "ranges_moved", "Ranges handed off or loaded in scales", Family::default());
+    Metrics {
+        registry: r,
+        requests,
+        request_seconds,
+        keys,
+        keys_stored,
+        ranges,
+        wal_fsync_seconds,
+        wal_batch_bytes,
+        wal_bytes,
+        snapshot_seconds,
+        snapshot_bytes,
+        snapshot_failures,
+        store_errors,
+        ranges_moved,
+    }
 });
 
 impl Metrics {
