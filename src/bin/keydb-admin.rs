@@ -123,8 +123,9 @@ enum Command {
         nodes: u32,
         #[arg(long, default_value_t = 50051)]
         base_port: u16,
-        /// Data dirs and the object store folder go here.
-        #[arg(long, default_value = "./keydb-data")]
+        /// Data dirs and the object store folder go here (apart from a
+        /// single node's default ./keydb-data, whose cluster view differs).
+        #[arg(long, default_value = "./keydb-data/local-cluster")]
         dir: std::path::PathBuf,
     },
 }
