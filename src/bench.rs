@@ -51,6 +51,14 @@ pub struct BenchConfig {
     pub skip_put: bool,
 }
 
+impl BenchConfig {
+    /// Indices of the keys of batch `b`.
+    fn batch_keys(&self, b: u64) -> std::ops::Range<u64> {
+        let start = b * self.batch as u64;
+        start..(start + self.batch as u64).min(self.keys)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Phase {
     pub name: String,
@@ -232,9 +240,7 @@ pub async fn run(
             move |b| {
                 let (target, cfg, prefix) = (target.clone(), cfg.clone(), prefix.clone());
                 async move {
-                    let start = b * cfg.batch as u64;
-                    let end = (start + cfg.batch as u64).min(cfg.keys);
-                    let keys: Vec<String> = (start..end).map(|i| key(&prefix, i, cfg.key_len)).collect();
+                    let keys: Vec<String> = cfg.batch_keys(b).map(|i| key(&prefix, i, cfg.key_len)).collect();
                     target.put(&keys, cfg.ttl).await?;
                     Ok(keys.len() as u64)
                 }
@@ -249,8 +255,7 @@ pub async fn run(
         move |b| {
             let (target, cfg, prefix) = (target.clone(), cfg.clone(), prefix.clone());
             async move {
-                let start = b * cfg.batch as u64;
-                let end = (start + cfg.batch as u64).min(cfg.keys);
+                let std::ops::Range { start, end } = cfg.batch_keys(b);
                 // Key i is a hit when its position falls under the ratio.
                 let hit = |i: u64| ((i * 2_654_435_761) % 1000) < (cfg.hit_ratio * 1000.0) as u64;
                 // Absent keys share the length and shape of the present ones.

@@ -156,19 +156,9 @@ impl Load {
 }
 
 fn start_nodes(addresses: &[String], ids: std::ops::Range<usize>, env: &[(String, String)]) -> Vec<Node> {
-    ids.map(|id| {
-        let mut e = refs(env);
-        let list = addresses.join(",");
-        let id_s = id.to_string();
-        e.push(("KEYDB_NODE_ADDRESSES", &list));
-        e.push(("KEYDB_NODE_ID", &id_s));
-        e.push(("KEYDB_SNAPSHOT_INTERVAL", "0s"));
-        let port: u16 = addresses[id].rsplit_once(':').unwrap().1.parse().unwrap();
-        let mut node = Node::launch(port, &e);
-        node.wait_healthy();
-        node
-    })
-    .collect()
+    let mut e = refs(env);
+    e.push(("KEYDB_SNAPSHOT_INTERVAL", "0s"));
+    ids.map(|id| Node::launch_member(addresses, id, &e)).collect()
 }
 
 fn range_owners(node: &Node) -> Vec<u32> {

@@ -45,13 +45,6 @@ pub enum RouteError {
     Internal(String),
 }
 
-impl RouteError {
-    /// Whether the same request may succeed later, unchanged or re-routed.
-    pub fn is_retryable(&self) -> bool {
-        !matches!(self, RouteError::Internal(_))
-    }
-}
-
 /// Where a range held by this node stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RangeState {
@@ -201,6 +194,22 @@ impl RouterActor {
             }
             let _ = router.send(HandedOff { range }).await;
         });
+    }
+
+    /// A range finished its part of a scale (`from` -> `to`); stale reports
+    /// (the range has moved on) are ignored.
+    fn finish_move(&mut self, range: u32, from: RangeState, to: RangeState, kind: &str) {
+        let Some(slot) = &mut self.slots[range as usize] else { return };
+        if slot.state != from {
+            return;
+        }
+        slot.state = to;
+        crate::metrics::METRICS
+            .ranges_moved
+            .get_or_create(&crate::metrics::KindLabel { kind: kind.into() })
+            .inc();
+        log::info!("range {range} {kind}: now {to:?}");
+        self.publish(Vec::new());
     }
 
     /// Moves a restored range into the state its plan gives it.
@@ -423,17 +432,7 @@ impl Handler<RangeLoaded> for RouterActor {
     type Result = ();
 
     fn handle(&mut self, msg: RangeLoaded, _: &mut Context<Self>) {
-        if let Some(slot) = &mut self.slots[msg.range as usize] {
-            if slot.state == RangeState::Loading {
-                slot.state = RangeState::Serving;
-                crate::metrics::METRICS
-                    .ranges_moved
-                    .get_or_create(&crate::metrics::KindLabel { kind: "loaded".into() })
-                    .inc();
-                log::info!("range {} loaded: serving", msg.range);
-                self.publish(Vec::new());
-            }
-        }
+        self.finish_move(msg.range, RangeState::Loading, RangeState::Serving, "loaded");
     }
 }
 
@@ -441,17 +440,7 @@ impl Handler<HandedOff> for RouterActor {
     type Result = ();
 
     fn handle(&mut self, msg: HandedOff, _: &mut Context<Self>) {
-        if let Some(slot) = &mut self.slots[msg.range as usize] {
-            if slot.state == RangeState::Draining {
-                slot.state = RangeState::Drained;
-                crate::metrics::METRICS
-                    .ranges_moved
-                    .get_or_create(&crate::metrics::KindLabel { kind: "handed_off".into() })
-                    .inc();
-                log::info!("range {} handed off", msg.range);
-                self.publish(Vec::new());
-            }
-        }
+        self.finish_move(msg.range, RangeState::Draining, RangeState::Drained, "handed_off");
     }
 }
 

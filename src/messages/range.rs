@@ -42,7 +42,7 @@ pub struct BatchReply {
 #[error("range {0} is not restored yet")]
 pub struct RangeUnavailable(pub u32);
 
-/// Reply: the range's key count and memory.
+/// Reply: the range's key count (0 before it is restored).
 #[derive(Debug, Message)]
 #[rtype(result = "RangeStatsReply")]
 pub struct RangeStats;
@@ -51,8 +51,6 @@ pub struct RangeStats;
 pub struct RangeStatsReply {
     /// Stored entries, including expired ones not yet swept.
     pub keys: u64,
-    pub heap_bytes: u64,
-    pub serving: bool,
 }
 
 /// Hands a restored table to its range actor, which then serves it.

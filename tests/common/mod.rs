@@ -63,14 +63,23 @@ impl Node {
         Node::start_with(port, &[("KEYDB_NODE_ADDRESSES", addr.as_str())])
     }
 
-    /// Starts node `id` of a cluster whose addresses are `addresses`.
+    /// Starts node `id` of a cluster whose addresses are `addresses` and
+    /// waits until it is ready.
     pub fn start_member(addresses: &[String], id: usize, extra: &[(&str, &str)]) -> Node {
+        let mut node = Node::launch_member(addresses, id, extra);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts node `id` of a cluster whose addresses are `addresses` and
+    /// waits only until it is healthy (a member may own nothing yet).
+    pub fn launch_member(addresses: &[String], id: usize, extra: &[(&str, &str)]) -> Node {
         let port: u16 = addresses[id].rsplit_once(':').unwrap().1.parse().unwrap();
         let list = addresses.join(",");
         let id = id.to_string();
         let mut env = vec![("KEYDB_NODE_ADDRESSES", list.as_str()), ("KEYDB_NODE_ID", id.as_str())];
         env.extend_from_slice(extra);
-        Node::start_with(port, &env)
+        Node::launch(port, &env)
     }
 
     /// Starts a node on `port` with `env` added to the harness defaults and
@@ -342,16 +351,7 @@ impl Cluster {
         let path = objects.path().to_str().unwrap().to_string();
         let mut env = vec![("KEYDB_STORAGE_PATH", path.as_str())];
         env.extend_from_slice(extra);
-        let mut nodes: Vec<Node> = (0..n)
-            .map(|id| {
-                let port: u16 = addresses[id].rsplit_once(':').unwrap().1.parse().unwrap();
-                let list = addresses.join(",");
-                let id = id.to_string();
-                let mut all = vec![("KEYDB_NODE_ADDRESSES", list.as_str()), ("KEYDB_NODE_ID", id.as_str())];
-                all.extend_from_slice(&env);
-                Node::launch(port, &all)
-            })
-            .collect();
+        let mut nodes: Vec<Node> = (0..n).map(|id| Node::launch_member(&addresses, id, &env)).collect();
         for node in &mut nodes {
             node.wait_ready();
         }
