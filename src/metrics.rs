@@ -47,6 +47,7 @@ pub struct Metrics {
     pub wal_fsync_seconds: Histogram,
     pub wal_batch_bytes: Histogram,
     pub wal_bytes: Counter,
+    pub wal_errors: Counter,
     pub snapshot_seconds: Histogram,
     pub snapshot_bytes: Counter,
     pub snapshot_failures: Counter,
@@ -98,6 +99,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Histogram::new(exponential_buckets(64.0, 4.0, 12)),
     );
     let wal_bytes = registered(&mut r, "wal_written_bytes", "Bytes written to the WAL", Counter::default());
+    let wal_errors = registered(
+        &mut r,
+        "wal_errors",
+        "Failed WAL writes or syncs (each is retried; writes are refused meanwhile)",
+        Counter::default(),
+    );
     let snapshot_seconds =
         registered(&mut r, "snapshot_seconds", "Duration of snapshot runs", seconds_buckets());
     let snapshot_bytes = registered(
@@ -122,6 +129,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         wal_fsync_seconds,
         wal_batch_bytes,
         wal_bytes,
+        wal_errors,
         snapshot_seconds,
         snapshot_bytes,
         snapshot_failures,

@@ -25,6 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -44,7 +45,7 @@ pub enum WalError {
     Io { path: String, message: String },
     #[error("WAL is corrupt: {0}")]
     Corrupt(String),
-    #[error("WAL writer failed earlier: {0}")]
+    #[error("write not durable: {0}")]
     Failed(String),
 }
 
@@ -65,8 +66,9 @@ pub struct Record {
 struct Durable {
     /// Every record with `seq <= upto` is on disk.
     upto: u64,
-    /// Set once a write or sync failed; nothing after it is durable.
-    failed: Option<String>,
+    /// Why the last attempt to write failed, while the writer retries;
+    /// `None` once it succeeds again.
+    failing: Option<String>,
 }
 
 struct Queue {
@@ -105,8 +107,15 @@ impl Wal {
             queue: Mutex::new(Queue { next_seq, buf: Vec::new(), last_in_buf: 0, rotate: None, stop: false }),
             wake: Condvar::new(),
         });
-        let (tx, rx) = watch::channel(Durable { upto: next_seq.saturating_sub(1), failed: None });
-        let writer = Writer { dir: dir.to_path_buf(), shared: shared.clone(), durable: tx, file, written: 0 };
+        let (tx, rx) = watch::channel(Durable { upto: next_seq.saturating_sub(1), failing: None });
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            shared: shared.clone(),
+            durable: tx,
+            file,
+            written: 0,
+            dirty_tail: false,
+        };
         let handle = std::thread::Builder::new()
             .name("keydb-wal".into())
             .spawn(move || writer.run())
@@ -140,17 +149,24 @@ impl Wal {
         seq
     }
 
-    /// Waits until every record up to `seq` is on disk.
+    /// Waits until every record up to `seq` is on disk, or fails at once
+    /// while the writer cannot write (the record stays queued and is
+    /// written once the disk takes it again).
     pub async fn wait_durable(&self, seq: u64) -> Result<(), WalError> {
         let mut rx = self.durable.clone();
         let state = rx
-            .wait_for(|d| d.upto >= seq || d.failed.is_some())
+            .wait_for(|d| d.upto >= seq || d.failing.is_some())
             .await
             .map_err(|_| WalError::Failed("the WAL writer stopped".into()))?;
-        match &state.failed {
+        match &state.failing {
             Some(m) if state.upto < seq => Err(WalError::Failed(m.clone())),
             _ => Ok(()),
         }
+    }
+
+    /// Why the log cannot write right now, if it cannot.
+    pub fn failing(&self) -> Option<String> {
+        self.durable.borrow().failing.clone()
     }
 
     /// Starts a new file for the records from now on and returns its first
@@ -207,38 +223,96 @@ struct Writer {
     shared: Arc<Shared>,
     durable: watch::Sender<Durable>,
     file: (File, PathBuf),
+    /// Bytes of the current file that are synced; a failed write is cut
+    /// back to this length before anything else is written.
     written: u64,
+    /// A write or sync failed after `written`: the file may hold a partial
+    /// or unsynced tail.
+    dirty_tail: bool,
 }
+
+/// One group commit in progress: what is left of it survives a failed
+/// attempt, so a retry writes each record exactly once.
+struct Batch {
+    buf: Vec<u8>,
+    /// `buf[..done]` is durable.
+    done: usize,
+    /// Highest sequence number in `buf`.
+    last: u64,
+    /// A rotation at this offset of `buf`, to a file named by the seq.
+    rotate: Option<(usize, u64)>,
+}
+
+/// Delays between attempts while the disk refuses writes.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl Writer {
     fn run(mut self) {
+        let mut delay = RETRY_FIRST;
         loop {
-            let (buf, last, rotate, stop) = {
+            let (mut batch, stop) = {
                 let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                 while q.buf.is_empty() && q.rotate.is_none() && !q.stop {
                     q = self.shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
-                (std::mem::take(&mut q.buf), q.last_in_buf, q.rotate.take(), q.stop)
+                let batch = Batch {
+                    buf: std::mem::take(&mut q.buf),
+                    done: 0,
+                    last: q.last_in_buf,
+                    rotate: q.rotate.take(),
+                };
+                (batch, q.stop)
             };
-            let result = match rotate {
-                Some((offset, seq)) => self
-                    .write(&buf[..offset])
-                    .and_then(|()| self.start_file(seq))
-                    .and_then(|()| self.write(&buf[offset..])),
-                None => self.write(&buf),
-            };
-            if let Err(e) = result {
-                log::error!("{e}; writes are refused until restart");
-                self.durable.send_modify(|d| d.failed = Some(e.to_string()));
-                return;
+            // Retry this batch until it is durable. Its records are already
+            // in the tables, so they must reach the disk before any later
+            // record; meanwhile `failing` makes the node refuse new writes,
+            // and waiting requests answer an error (never an acknowledgement).
+            while let Err(e) = self.commit(&mut batch) {
+                crate::metrics::METRICS.wal_errors.inc();
+                if self.durable.borrow().failing.is_none() {
+                    log::error!("{e}; writes are refused until the WAL can write again");
+                }
+                self.durable.send_modify(|d| d.failing = Some(e.to_string()));
+                if self.wait_or_stop(delay) {
+                    return;
+                }
+                delay = (delay * 2).min(RETRY_MAX);
             }
-            if !buf.is_empty() {
-                self.durable.send_modify(|d| d.upto = last);
+            if self.durable.borrow().failing.is_some() {
+                log::info!("the WAL writes again; writes are accepted");
+                delay = RETRY_FIRST;
             }
+            self.durable.send_modify(|d| {
+                d.failing = None;
+                if !batch.buf.is_empty() {
+                    d.upto = batch.last;
+                }
+            });
             if stop {
                 return;
             }
         }
+    }
+
+    /// Sleeps for `delay` unless asked to stop first; returns whether to stop.
+    fn wait_or_stop(&self, delay: Duration) -> bool {
+        let q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let (q, _) =
+            self.shared.wake.wait_timeout_while(q, delay, |q| !q.stop).unwrap_or_else(|e| e.into_inner());
+        q.stop
+    }
+
+    fn commit(&mut self, batch: &mut Batch) -> Result<(), WalError> {
+        if let Some((offset, seq)) = batch.rotate {
+            self.write(&batch.buf[batch.done..offset])?;
+            batch.done = offset;
+            self.start_file(seq)?;
+            batch.rotate = None;
+        }
+        self.write(&batch.buf[batch.done..])?;
+        batch.done = batch.buf.len();
+        Ok(())
     }
 
     fn start_file(&mut self, first_seq: u64) -> Result<(), WalError> {
@@ -247,6 +321,7 @@ impl Writer {
         }
         self.file = create_file(&self.dir, first_seq)?;
         self.written = 0;
+        self.dirty_tail = false;
         Ok(())
     }
 
@@ -254,14 +329,24 @@ impl Writer {
         if buf.is_empty() {
             return Ok(());
         }
+        if self.dirty_tail {
+            // After a failed write or sync the tail's state is unknown (a
+            // failed fsync may even drop dirty pages): cut it and write again.
+            let (file, path) = &self.file;
+            file.set_len(self.written).and_then(|()| file.sync_all()).map_err(|e| io_err(path, e))?;
+            self.dirty_tail = false;
+        }
         if self.written >= FILE_BYTES {
             // unwrap: `buf` starts with a whole record, whose seq is at bytes 8..16.
             self.start_file(u64::from_le_bytes(buf[HEADER..HEADER + 8].try_into().unwrap()))?;
         }
         let (file, path) = &mut self.file;
         let started = std::time::Instant::now();
-        file.write_all(buf).map_err(|e| io_err(path, e))?;
-        file.sync_data().map_err(|e| io_err(path, e))?;
+        let result = file.write_all(buf).and_then(|()| file.sync_data());
+        if let Err(e) = result {
+            self.dirty_tail = true;
+            return Err(io_err(path, e));
+        }
         let m = &crate::metrics::METRICS;
         m.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
         m.wal_batch_bytes.observe(buf.len() as f64);

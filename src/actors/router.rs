@@ -252,6 +252,14 @@ impl Handler<Route> for RouterActor {
     fn handle(&mut self, msg: Route, _: &mut Context<Self>) -> Self::Result {
         let now = clock::now_secs();
         let op = msg.kind.at(now);
+        if !matches!(op, RangeOp::Get) {
+            // Refused before anything is applied, so a retry (even of a
+            // claim) is safe; the node takes writes again once the WAL can.
+            if let Some(why) = self.wal.as_ref().and_then(Wal::failing) {
+                let err = self.unavailable(format!("the write-ahead log cannot write: {why}"));
+                return Box::pin(async move { Err(err) });
+            }
+        }
         let total = self.view.total_hash_ranges();
         let count = msg.fingerprints.len();
         let mut group_of = vec![u32::MAX; total as usize];
@@ -293,6 +301,7 @@ impl Handler<Route> for RouterActor {
         let view = self.view.wire().clone();
         let wal = self.wal.clone();
         let answered = !matches!(op, RangeOp::Put { .. });
+        let claim = matches!(op, RangeOp::Claim { .. });
         Box::pin(async move {
             let mut answers = if answered { vec![false; count] } else { Vec::new() };
             let mut wal_seq = 0;
@@ -314,7 +323,19 @@ impl Handler<Route> for RouterActor {
             if wal_seq > 0 {
                 // A range serves only once the WAL is set, so this is a bug if it fails.
                 let wal = wal.ok_or_else(|| RouteError::Internal("no WAL while serving".into()))?;
-                wal.wait_durable(wal_seq).await.map_err(|e| RouteError::Internal(e.to_string()))?;
+                wal.wait_durable(wal_seq).await.map_err(|e| {
+                    if answered && !claim {
+                        // A get that depends on a write the disk has not
+                        // taken yet had no effect: it may simply be retried.
+                        RouteError::Unavailable {
+                            reason: e.to_string(),
+                            view: view.clone(),
+                            retry_after_secs: RETRY_AFTER_SECS,
+                        }
+                    } else {
+                        RouteError::Internal(e.to_string())
+                    }
+                })?;
             }
             Ok(Routed { epoch, answers })
         })
