@@ -10,7 +10,7 @@
 //! deleted only after the new manifest is in place.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -244,16 +244,30 @@ impl Handler<CreateSnapshots> for SnapshotActor {
 }
 
 async fn snapshot_all(job: Job, full: bool) -> Result<SnapshotReport, SnapshotError> {
-    let results: Vec<Result<(u64, u64), SnapshotError>> = stream::iter(job.ranges.clone())
+    // After the first failure the ranges not started yet are left alone
+    // (their changes stay marked for the next run) instead of hammering a
+    // failing store; those already started run to the end, because a range
+    // whose entries were taken must learn whether they were written.
+    let failed = Arc::new(AtomicBool::new(false));
+    let results: Vec<Option<Result<(u64, u64), SnapshotError>>> = stream::iter(job.ranges.clone())
         .map(|(range, addr)| {
-            let job = job.clone();
-            async move { snapshot_range(&job, range, &addr, full).await }
+            let (job, failed) = (job.clone(), failed.clone());
+            async move {
+                if failed.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let result = snapshot_range(&job, range, &addr, full).await;
+                if result.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                Some(result)
+            }
         })
         .buffer_unordered(parallel_ranges())
         .collect()
         .await;
     let mut report = SnapshotReport { ranges: 0, segments: 0, entries: 0, bytes: 0 };
-    for result in results {
+    for result in results.into_iter().flatten() {
         let (entries, bytes) = result?;
         report.ranges += 1;
         if bytes > 0 {
