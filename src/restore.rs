@@ -61,9 +61,18 @@ impl LocalState {
     pub fn read(data_dir: &Path) -> Result<Option<LocalState>, RestoreError> {
         let path = data_dir.join("local.json");
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| RestoreError::Io(format!("{} is corrupt: {e}", path.display()))),
+            // A damaged record only costs a restore from the object store
+            // (merged with the checkpoints and the WAL), never data.
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(state) => Ok(Some(state)),
+                Err(e) => {
+                    log::warn!(
+                        "{} is corrupt ({e}): restoring every range from the object store",
+                        path.display()
+                    );
+                    Ok(None)
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path, e)),
         }

@@ -79,6 +79,34 @@ fn bincode_config() -> Configuration<LittleEndian, Fixint> {
     config::standard().with_fixed_int_encoding()
 }
 
+/// Bytes of the body before its first column: range u32, total u32,
+/// kind (variant tag u32), created u64.
+const BODY_FIXED: usize = 20;
+/// A body is at most this many times its compressed size (see `decode`).
+const MAX_RATIO: u64 = 16;
+
+/// Checks that the three column lengths of a body (fixed-width bincode,
+/// each a u64 count before its items) agree with each other and with the
+/// body's size, so that decoding never sizes a buffer by a hostile count.
+fn check_columns(raw: &[u8]) -> Result<(), String> {
+    let count_at =
+        |at: usize| raw.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    let n = count_at(BODY_FIXED).ok_or("body too short")?;
+    // lo: n × 8, hi: n × 4, expiry: n × 4, each after an 8-byte count.
+    let expected = n.checked_mul(16).and_then(|c| c.checked_add(BODY_FIXED as u64 + 24));
+    if expected != Some(raw.len() as u64) {
+        return Err(format!("{n} entries announced in a body of {} bytes", raw.len()));
+    }
+    // n fits in usize now: 16 n is at most the body's length.
+    let n = n as usize;
+    let hi_at = BODY_FIXED + 8 + 8 * n;
+    let expiry_at = hi_at + 8 + 4 * n;
+    if count_at(hi_at) != Some(n as u64) || count_at(expiry_at) != Some(n as u64) {
+        return Err("columns of different lengths".into());
+    }
+    Ok(())
+}
+
 impl Segment {
     pub fn encode(&self) -> Vec<u8> {
         let body = SegmentBody {
@@ -119,14 +147,19 @@ impl Segment {
         if checksum(decoded_len, compressed) != crc {
             return Err(bad("checksum mismatch (truncated or damaged)".into()));
         }
-        if decoded_len > MAX_DECODED_BYTES as u64 {
-            return Err(bad(format!("announces {decoded_len} bytes")));
+        // Entries are uniform hashes, which do not compress: a body much
+        // larger than its compressed form is hostile, and is refused before
+        // any buffer is sized by it.
+        if decoded_len > MAX_DECODED_BYTES as u64 || decoded_len > compressed.len() as u64 * MAX_RATIO + 4096
+        {
+            return Err(bad(format!("announces {decoded_len} bytes from {} compressed", compressed.len())));
         }
         let raw = zstd::bulk::decompress(compressed, decoded_len as usize)
             .map_err(|e| bad(format!("zstd: {e}")))?;
         if raw.len() as u64 != decoded_len {
             return Err(bad(format!("{} bytes decoded, {decoded_len} announced", raw.len())));
         }
+        check_columns(&raw).map_err(bad)?;
         let (body, used): (SegmentBody, usize) =
             bincode::decode_from_slice(&raw, bincode_config().with_limit::<MAX_DECODED_BYTES>())
                 .map_err(|e| bad(format!("bincode: {e}")))?;
@@ -270,6 +303,43 @@ mod tests {
         assert_eq!(Manifest::decode("m", &bytes).unwrap(), m);
         let err = Manifest::decode("ranges/00005/manifest.json", &bytes[..bytes.len() / 2]).unwrap_err();
         assert!(err.0.contains("ranges/00005/manifest.json"));
+    }
+
+    /// Seals `raw` as a segment announcing `announced` decoded bytes.
+    fn sealed(raw: &[u8], announced: u64) -> Vec<u8> {
+        let compressed = zstd::bulk::compress(raw, 1).unwrap();
+        let mut out = b"KDBS\x01".to_vec();
+        out.extend_from_slice(&announced.to_le_bytes());
+        out.extend_from_slice(&checksum(announced, &compressed).to_le_bytes());
+        out.extend_from_slice(&compressed);
+        out
+    }
+
+    /// Found by tests/fuzz.rs: intact checksums over hostile sizes made the
+    /// decoder allocate 34 GB and abort the process.
+    #[test]
+    fn hostile_sizes_are_refused_before_allocating() {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&3u32.to_le_bytes());
+        raw.extend_from_slice(&128u32.to_le_bytes());
+        raw.extend_from_slice(&0u32.to_le_bytes());
+        raw.extend_from_slice(&1u64.to_le_bytes());
+        // The lo column announces 2^31 entries; the body has none.
+        raw.extend_from_slice(&(1u64 << 31).to_le_bytes());
+        raw.extend_from_slice(&[0; 16]);
+        let err = Segment::decode("s", &sealed(&raw, raw.len() as u64)).unwrap_err();
+        assert!(err.0.contains("entries announced"), "{err}");
+        // A tiny compressed body announcing 30 GB decoded.
+        let err = Segment::decode("s", &sealed(&raw, 30 << 30)).unwrap_err();
+        assert!(err.0.contains("announces"), "{err}");
+        // Columns of different lengths inside a body of the right size.
+        let mut uneven = sample(2).encode();
+        let body = zstd::bulk::decompress(&uneven[HEADER_LEN..], 1 << 20).unwrap();
+        let mut body = body.clone();
+        let hi_at = BODY_FIXED + 8 + 16;
+        body[hi_at..hi_at + 8].copy_from_slice(&3u64.to_le_bytes());
+        uneven = sealed(&body, body.len() as u64);
+        assert!(Segment::decode("s", &uneven).unwrap_err().0.contains("different lengths"));
     }
 
     proptest! {

@@ -204,7 +204,7 @@ async fn resolve_view(store: &ObjectStore, settings: &Settings) -> Result<Stored
     let wire = loop {
         match store.get(VIEW_KEY).await {
             Ok(Some(bytes)) => {
-                break serde_json::from_slice::<StoredView>(&bytes).map_err(|e| {
+                break StoredView::decode(&bytes).map_err(|e| {
                     StartError::Config(format!("{VIEW_KEY} in {} is corrupt: {e}", store.describe()))
                 })?;
             }
@@ -222,7 +222,7 @@ async fn resolve_view(store: &ObjectStore, settings: &Settings) -> Result<Stored
             Err(e) => {
                 if let Some(cached) = std::fs::read(view_cache(&settings.data_dir))
                     .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .and_then(|b| StoredView::decode(&b).ok())
                 {
                     log::warn!("object store unreachable ({e}); using the view cached on disk");
                     break cached;

@@ -113,7 +113,7 @@ pub enum SettingsError {
 }
 
 /// Known keys (variable name without `KEYDB_`, lower case).
-const KEYS: &[&str] = &[
+pub const KEYS: &[&str] = &[
     "node_id",
     "node_addresses",
     "cluster_size",

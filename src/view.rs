@@ -43,6 +43,31 @@ pub struct StoredView {
 }
 
 impl StoredView {
+    /// Decodes and checks a `cluster.json`: a damaged or hand-edited file is
+    /// refused with the reason instead of being acted on.
+    pub fn decode(bytes: &[u8]) -> Result<StoredView, String> {
+        let view: StoredView = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let fits = |list: &[String]| {
+            crate::settings::valid_address_list(list) && list.len() <= view.total_hash_ranges as usize
+        };
+        if view.epoch == 0 {
+            return Err("epoch must be at least 1".into());
+        }
+        if view.total_hash_ranges == 0 {
+            return Err("total_hash_ranges must be at least 1".into());
+        }
+        if !fits(&view.addresses) {
+            return Err("addresses must be 1..=total_hash_ranges distinct host:port".into());
+        }
+        match (&view.previous_addresses, view.state) {
+            (Some(prev), ClusterState::Scaling) if !fits(prev) => {
+                Err("previous_addresses must be 1..=total_hash_ranges distinct host:port".into())
+            }
+            (Some(_), ClusterState::Stable) => Err("previous_addresses is set on a stable view".into()),
+            _ => Ok(view),
+        }
+    }
+
     pub fn wire(&self) -> ViewWire {
         ViewWire {
             epoch: self.epoch,
@@ -149,6 +174,21 @@ mod tests {
             state: if previous.is_some() { ClusterState::Scaling } else { ClusterState::Stable },
             previous_addresses: previous.map(list),
         }
+    }
+
+    #[test]
+    fn damaged_cluster_json_is_refused() {
+        let encode = |v: &StoredView| serde_json::to_vec(v).unwrap();
+        assert_eq!(StoredView::decode(&encode(&view(3, Some(2)))).unwrap(), view(3, Some(2)));
+        let mut bad = vec![view(0, None), view(129, None), view(2, Some(0)), view(2, Some(200))];
+        bad.push(StoredView { epoch: 0, ..view(1, None) });
+        bad.push(StoredView { total_hash_ranges: 0, ..view(1, None) });
+        bad.push(StoredView { state: ClusterState::Stable, ..view(2, Some(1)) });
+        bad.push(StoredView { addresses: vec!["h:1".into(), "h:1".into()], ..view(2, None) });
+        for v in bad {
+            assert!(StoredView::decode(&encode(&v)).is_err(), "{v:?}");
+        }
+        assert!(StoredView::decode(b"{\"epoch\": 1}").is_err());
     }
 
     #[test]

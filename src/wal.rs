@@ -128,21 +128,7 @@ impl Wal {
         let mut q = self.lock();
         let seq = q.next_seq;
         q.next_seq += 1;
-        let payload_len = PAYLOAD_HEADER + ENTRY * entries.len();
-        let start = q.buf.len();
-        q.buf.reserve(HEADER + payload_len);
-        q.buf.extend_from_slice(&(payload_len as u32).to_le_bytes());
-        q.buf.extend_from_slice(&[0; 4]);
-        q.buf.extend_from_slice(&seq.to_le_bytes());
-        q.buf.extend_from_slice(&range.to_le_bytes());
-        q.buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-        for (k, e) in entries {
-            q.buf.extend_from_slice(&k.lo.to_le_bytes());
-            q.buf.extend_from_slice(&k.hi.to_le_bytes());
-            q.buf.extend_from_slice(&e.to_le_bytes());
-        }
-        let crc = crc32fast::hash(&q.buf[start + HEADER..]);
-        q.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        encode_record(&mut q.buf, seq, range, entries);
         q.last_in_buf = seq;
         drop(q);
         self.shared.wake.notify_one();
@@ -438,7 +424,28 @@ pub fn replay(dir: &Path, mut f: impl FnMut(Record)) -> Result<u64, WalError> {
     Ok(next_seq)
 }
 
-fn decode_record(data: &[u8]) -> Result<(Record, usize), String> {
+/// Appends one record to `buf` (the layout is in the module docs).
+pub fn encode_record(buf: &mut Vec<u8>, seq: u64, range: u32, entries: &[(TableKey, Expiry)]) {
+    let payload_len = PAYLOAD_HEADER + ENTRY * entries.len();
+    let start = buf.len();
+    buf.reserve(HEADER + payload_len);
+    buf.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&range.to_le_bytes());
+    buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for (k, e) in entries {
+        buf.extend_from_slice(&k.lo.to_le_bytes());
+        buf.extend_from_slice(&k.hi.to_le_bytes());
+        buf.extend_from_slice(&e.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&buf[start + HEADER..]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Decodes the record at the start of `data`: the record and its length in
+/// bytes, or why there is no whole, intact record there.
+pub fn decode_record(data: &[u8]) -> Result<(Record, usize), String> {
     if data.len() < HEADER {
         return Err(format!("{} bytes left, less than a record header", data.len()));
     }

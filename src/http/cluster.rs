@@ -38,8 +38,7 @@ async fn current_view(state: &AppState) -> Result<StoredView, ApiError> {
         Err(e) => return Err(store_unavailable(state, e).await),
     };
     if let Some(bytes) = stored {
-        let stored: StoredView =
-            serde_json::from_slice(&bytes).map_err(|e| internal(format!("{VIEW_KEY}: {e}")))?;
+        let stored = StoredView::decode(&bytes).map_err(|e| internal(format!("{VIEW_KEY}: {e}")))?;
         if stored.epoch > current.epoch && stored.total_hash_ranges == current.total_hash_ranges {
             state.router.send(AdoptView { view: stored.clone() }).await.map_err(internal)?;
             current = stored;
@@ -108,7 +107,7 @@ pub async fn scale_complete(state: web::Data<AppState>) -> Result<HttpResponse, 
     };
     // The first node to complete records it; the others find it done.
     let stored: Option<StoredView> = match state.store.get(VIEW_KEY).await {
-        Ok(bytes) => bytes.and_then(|b| serde_json::from_slice(&b).ok()),
+        Ok(bytes) => bytes.and_then(|b| StoredView::decode(&b).ok()),
         Err(e) => return Err(store_unavailable(&state, e).await),
     };
     if stored.is_some_and(|s| s.epoch == stable.epoch && s.state == ClusterState::Scaling) {
