@@ -16,6 +16,7 @@
 //! - [`wal`]: the write-ahead log with group commit, and its replay.
 //! - [`wire`]: request/response bodies, JSON and the binary fast path.
 //! - [`metrics`]: Prometheus metrics for `GET /metrics`.
+//! - [`memory`]: giving memory freed by shrunk tables back to the OS.
 //! - [`messages`]: one struct per request between actors.
 //! - [`actors`]: `RangeActor` (one per range) and `RouterActor`.
 //! - [`http`]: the actix-web API and its error mapping.
@@ -28,6 +29,7 @@ pub mod client;
 pub mod clock;
 pub mod fingerprint;
 pub mod http;
+pub mod memory;
 pub mod messages;
 pub mod metrics;
 pub mod restore;

@@ -51,8 +51,12 @@ impl RangeActor {
 
     fn sweep(&mut self) {
         let Some(s) = &mut self.state else { return };
-        let budget = (s.table.slot_count() / SWEEP_PASS_TICKS).max(SWEEP_MIN_SLOTS);
+        let slots = s.table.slot_count();
+        let budget = (slots / SWEEP_PASS_TICKS).max(SWEEP_MIN_SLOTS);
         let removed = s.table.sweep(clock::now_secs(), budget);
+        if s.table.slot_count() < slots {
+            crate::memory::release_freed();
+        }
         if removed > 0 {
             log::trace!("range {}: swept {removed} expired keys", self.range);
         }
