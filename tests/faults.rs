@@ -80,6 +80,12 @@ fn post_keys(node: &Node, path: &str, keys: &[String]) -> common::Response {
     common::request(&node.addr, "POST", path, &[("Content-Type", "application/json")], body.as_bytes())
 }
 
+/// `/get` with the answer as it is, for reads that may be refused.
+fn post_get(node: &Node, keys: &[String]) -> common::Response {
+    let body = serde_json::json!({"keys": keys}).to_string();
+    common::request(&node.addr, "POST", "/get", &[("Content-Type", "application/json")], body.as_bytes())
+}
+
 fn assert_all_present(node: &Node, all: &[String]) {
     for chunk in all.chunks(5000) {
         let got = node.get(chunk);
@@ -141,14 +147,7 @@ fn wal_disk_full_refuses_writes_then_recovers_without_restart() {
         // A read answers, or asks to be retried when it depends on a write
         // the disk has not taken yet; it never answers a false "absent".
         for chunk in before.chunks(5000) {
-            let body = serde_json::json!({"keys": chunk}).to_string();
-            let r = common::request(
-                &node.addr,
-                "POST",
-                "/get",
-                &[("Content-Type", "application/json")],
-                body.as_bytes(),
-            );
+            let r = post_get(&node, chunk);
             match r.status {
                 200 => assert!(common::bools(&r.json()["exists"]).iter().all(|&b| b)),
                 503 => assert_eq!(r.json()["error"]["code"], "unavailable"),
@@ -331,14 +330,7 @@ fn object_store_failing_then_recovering_loses_nothing() {
     let mut fresh = Node::launch(port, &common::refs(&env));
     let probe = &all[..100];
     wait_until("the fresh node to restore every key", Duration::from_secs(120), || {
-        let body = serde_json::json!({"keys": probe}).to_string();
-        let r = common::request(
-            &fresh.addr,
-            "POST",
-            "/get",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
+        let r = post_get(&fresh, probe);
         match r.status {
             200 => {
                 assert!(
