@@ -12,8 +12,8 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 
 use crate::clock;
 use crate::messages::{
-    BatchReply, CopyEntries, ForceFullSnapshot, MergeEntries, RangeBatch, RangeOp, RangeStats,
-    RangeStatsReply, RangeUnavailable, Restore, Retire, SnapshotData, TakeSnapshot,
+    CopyEntries, ForceFullSnapshot, MergeEntries, RangeBatch, RangeOp, RangeStats, RangeStatsReply,
+    RangeUnavailable, Restore, Retire, SnapshotData, TakeSnapshot,
 };
 use crate::segment::SegmentKind;
 use crate::table::{Expiry, RangeTable, TableKey};
@@ -36,6 +36,9 @@ struct Serving {
     last_seq: u64,
     /// The next snapshot must be full (see [`Restore`], [`ForceFullSnapshot`]).
     force_full: bool,
+    /// Buffers reused by every batch: its answers, and its changed entries.
+    answers: Vec<bool>,
+    changed: Vec<(TableKey, Expiry)>,
 }
 
 pub struct RangeActor {
@@ -77,38 +80,40 @@ impl Actor for RangeActor {
 }
 
 impl Handler<RangeBatch> for RangeActor {
-    type Result = Result<BatchReply, RangeUnavailable>;
+    type Result = ();
 
-    fn handle(&mut self, batch: RangeBatch, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, batch: RangeBatch, _: &mut Context<Self>) {
         let range = self.range;
-        let s = self.serving()?;
-        let RangeBatch { op, now, keys } = batch;
-        let mut changed: Vec<(TableKey, Expiry)> = Vec::new();
-        let answers = match op {
-            RangeOp::Get => keys.iter().map(|&k| s.table.contains(k, now)).collect(),
+        let RangeBatch { op, now, slot } = batch;
+        let Some(s) = &mut self.state else {
+            slot.refuse(RangeUnavailable(range));
+            return;
+        };
+        let keys = slot.keys();
+        let (answers, changed) = (&mut s.answers, &mut s.changed);
+        answers.clear();
+        changed.clear();
+        match op {
+            RangeOp::Get => answers.extend(keys.iter().map(|&k| s.table.contains(k, now))),
             RangeOp::Put { expiry } => {
-                for &k in &keys {
+                for &k in keys {
                     if s.table.merge(k, expiry, now) {
                         changed.push((k, expiry));
                     }
                 }
-                Vec::new()
             }
-            RangeOp::Claim { expiry } => keys
-                .iter()
-                .map(|&k| {
-                    let existed = s.table.claim(k, expiry, now);
-                    if !existed {
-                        changed.push((k, expiry));
-                    }
-                    existed
-                })
-                .collect(),
-        };
-        if !changed.is_empty() {
-            s.last_seq = s.wal.append(range, &changed);
+            RangeOp::Claim { expiry } => answers.extend(keys.iter().map(|&k| {
+                let existed = s.table.claim(k, expiry, now);
+                if !existed {
+                    changed.push((k, expiry));
+                }
+                existed
+            })),
         }
-        Ok(BatchReply { answers, wal_seq: s.last_seq })
+        if !changed.is_empty() {
+            s.last_seq = s.wal.append(range, changed);
+        }
+        slot.answer(answers, s.last_seq);
     }
 }
 
@@ -117,8 +122,14 @@ impl Handler<Restore> for RangeActor {
 
     fn handle(&mut self, msg: Restore, _: &mut Context<Self>) {
         debug_assert!(self.state.is_none(), "range {} restored twice", self.range);
-        self.state =
-            Some(Serving { table: msg.table, wal: msg.wal, last_seq: 0, force_full: msg.force_full });
+        self.state = Some(Serving {
+            table: msg.table,
+            wal: msg.wal,
+            last_seq: 0,
+            force_full: msg.force_full,
+            answers: Vec::new(),
+            changed: Vec::new(),
+        });
     }
 }
 

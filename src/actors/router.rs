@@ -12,14 +12,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, MailboxError, ResponseFuture};
+use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, ResponseFuture};
 use futures_util::future::join_all;
 
 use crate::actors::{loader, RangeActor, SnapshotActor};
 use crate::clock;
 use crate::messages::{
-    AdoptView, CompleteScale, GetInfo, GetStoredView, HandedOff, Handoff, RangeBatch, RangeLoaded, RangeOp,
-    RangeStats, RangesRestored, RecordLocal, Retire, Route, Routed, ScaleInProgress, SetRanges,
+    AdoptView, CompleteScale, Gather, GatherError, GetInfo, GetStoredView, HandedOff, Handoff, RangeBatch,
+    RangeLoaded, RangeOp, RangeStats, RangesRestored, RecordLocal, Retire, Route, Routed, ScaleInProgress,
+    SetRanges,
 };
 use crate::store::ObjectStore;
 use crate::table::TableKey;
@@ -234,18 +235,6 @@ impl Actor for RouterActor {
     }
 }
 
-fn mailbox_error(range: u32, e: MailboxError) -> RouteError {
-    RouteError::Internal(format!("range {range} did not answer: {e}"))
-}
-
-/// One range's share of a batch.
-struct Group {
-    range: u32,
-    keys: Vec<TableKey>,
-    /// Position in the request of each key.
-    positions: Vec<u32>,
-}
-
 impl Handler<Route> for RouterActor {
     type Result = ResponseFuture<Result<Routed, RouteError>>;
 
@@ -261,11 +250,16 @@ impl Handler<Route> for RouterActor {
             }
         }
         let total = self.view.total_hash_ranges();
-        let count = msg.fingerprints.len();
-        let mut group_of = vec![u32::MAX; total as usize];
-        let mut groups: Vec<Group> = Vec::new();
-        for (pos, fp) in msg.fingerprints.iter().enumerate() {
-            let range = fp.range(total);
+        // Group the keys by range with a counting sort: one pass counts and
+        // checks each range, one places every key; two allocations a request.
+        let mut start = vec![0u32; total as usize + 1];
+        for fp in &msg.fingerprints {
+            start[fp.range(total) as usize + 1] += 1;
+        }
+        for range in 0..total {
+            if start[range as usize + 1] == 0 {
+                continue;
+            }
             let refusal = match self.slots[range as usize].as_ref().map(|s| s.state) {
                 None | Some(RangeState::Draining | RangeState::Drained) => Some(self.wrong_node(range)),
                 Some(RangeState::Restoring) => {
@@ -279,51 +273,55 @@ impl Handler<Route> for RouterActor {
             if let Some(err) = refusal {
                 return Box::pin(async move { Err(err) });
             }
-            let g = &mut group_of[range as usize];
-            if *g == u32::MAX {
-                *g = groups.len() as u32;
-                groups.push(Group { range, keys: Vec::new(), positions: Vec::new() });
-            }
-            let group = &mut groups[*g as usize];
-            group.keys.push(TableKey::from(*fp));
-            group.positions.push(pos as u32);
         }
-        let pending: Vec<_> = groups
-            .into_iter()
-            .map(|g| {
-                // unwrap: every group's range was checked to have a slot above.
-                let addr = &self.slots[g.range as usize].as_ref().unwrap().addr;
-                let reply = addr.send(RangeBatch { op, now, keys: g.keys });
-                async move { (g.range, g.positions, reply.await) }
-            })
-            .collect();
+        for i in 1..start.len() {
+            start[i] += start[i - 1];
+        }
+        let count = msg.fingerprints.len();
+        let mut keys = vec![TableKey { lo: 0, hi: 0 }; count];
+        let mut positions = vec![0u32; count];
+        let mut next = start.clone();
+        for (pos, fp) in msg.fingerprints.iter().enumerate() {
+            let at = &mut next[fp.range(total) as usize];
+            keys[*at as usize] = TableKey::from(*fp);
+            positions[*at as usize] = pos as u32;
+            *at += 1;
+        }
+        let groups: Vec<u32> = (0..total).filter(|&r| start[r as usize + 1] > start[r as usize]).collect();
+        let answered = !matches!(op, RangeOp::Put { .. });
+        let (gather, done) = Gather::new(keys, positions, groups.len(), answered);
+        for range in groups {
+            // unwrap: every group's range was checked to have a slot above.
+            let addr = &self.slots[range as usize].as_ref().unwrap().addr;
+            let slot = gather.slot(range, start[range as usize] as usize, start[range as usize + 1] as usize);
+            // do_send: queued now, ahead of any later state change of this
+            // router; a batch that cannot be delivered fails the request
+            // through its slot.
+            addr.do_send(RangeBatch { op, now, slot });
+        }
+        drop(gather);
         let epoch = self.view.epoch();
         let view = self.view.wire().clone();
         let wal = self.wal.clone();
-        let answered = !matches!(op, RangeOp::Put { .. });
         let claim = matches!(op, RangeOp::Claim { .. });
         Box::pin(async move {
-            let mut answers = if answered { vec![false; count] } else { Vec::new() };
-            let mut wal_seq = 0;
-            for (range, positions, reply) in join_all(pending).await {
-                let reply =
-                    reply.map_err(|e| mailbox_error(range, e))?.map_err(|e| RouteError::Unavailable {
+            let gathered = done
+                .await
+                .map_err(|_| RouteError::Internal("the range actors dropped a request".into()))?
+                .map_err(|e| match e {
+                    GatherError::Unavailable(e) => RouteError::Unavailable {
                         reason: e.to_string(),
                         view: view.clone(),
                         retry_after_secs: RETRY_AFTER_SECS,
-                    })?;
-                wal_seq = wal_seq.max(reply.wal_seq);
-                if answered {
-                    debug_assert_eq!(reply.answers.len(), positions.len());
-                    for (p, b) in positions.into_iter().zip(reply.answers) {
-                        answers[p as usize] = b;
+                    },
+                    GatherError::Dropped(range) => {
+                        RouteError::Internal(format!("range {range} did not answer"))
                     }
-                }
-            }
-            if wal_seq > 0 {
+                })?;
+            if gathered.wal_seq > 0 {
                 // A range serves only once the WAL is set, so this is a bug if it fails.
                 let wal = wal.ok_or_else(|| RouteError::Internal("no WAL while serving".into()))?;
-                wal.wait_durable(wal_seq).await.map_err(|e| {
+                wal.wait_durable(gathered.wal_seq).await.map_err(|e| {
                     if answered && !claim {
                         // A get that depends on a write the disk has not
                         // taken yet had no effect: it may simply be retried.
@@ -337,7 +335,7 @@ impl Handler<Route> for RouterActor {
                     }
                 })?;
             }
-            Ok(Routed { epoch, answers })
+            Ok(Routed { epoch, answers: gathered.answers })
         })
     }
 }

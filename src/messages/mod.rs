@@ -8,8 +8,8 @@ mod router;
 mod snapshot;
 
 pub use range::{
-    BatchReply, CopyEntries, ForceFullSnapshot, MergeEntries, RangeBatch, RangeOp, RangeStats,
-    RangeStatsReply, RangeUnavailable, Restore, Retire, SnapshotData, TakeSnapshot,
+    BatchSlot, CopyEntries, ForceFullSnapshot, Gather, GatherError, Gathered, MergeEntries, RangeBatch,
+    RangeOp, RangeStats, RangeStatsReply, RangeUnavailable, Restore, Retire, SnapshotData, TakeSnapshot,
 };
 pub use router::{
     AdoptView, CompleteScale, GetInfo, GetStoredView, HandedOff, RangeLoaded, RangesRestored, Route,
