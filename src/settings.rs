@@ -18,7 +18,7 @@ use config::{Config, Environment, File, FileFormat, Value, ValueKind};
 pub const DEFAULT_TOML: &str = include_str!("../settings/default.toml");
 
 /// Upper bounds that keep a typo from taking the node down.
-const MAX_TOTAL_HASH_RANGES: u32 = 65_536;
+pub const MAX_TOTAL_HASH_RANGES: u32 = 65_536;
 const MAX_KEYS_PER_REQUEST: usize = 10_000_000;
 const MAX_BODY_BYTES: usize = 1 << 30;
 const MIN_BODY_BYTES: usize = 1024;

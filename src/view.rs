@@ -53,8 +53,9 @@ impl StoredView {
         if view.epoch == 0 {
             return Err("epoch must be at least 1".into());
         }
-        if view.total_hash_ranges == 0 {
-            return Err("total_hash_ranges must be at least 1".into());
+        let max = crate::settings::MAX_TOTAL_HASH_RANGES;
+        if !(1..=max).contains(&view.total_hash_ranges) {
+            return Err(format!("total_hash_ranges must be 1..={max}"));
         }
         if !fits(&view.addresses) {
             return Err("addresses must be 1..=total_hash_ranges distinct host:port".into());
@@ -183,6 +184,9 @@ mod tests {
         let mut bad = vec![view(0, None), view(129, None), view(2, Some(0)), view(2, Some(200))];
         bad.push(StoredView { epoch: 0, ..view(1, None) });
         bad.push(StoredView { total_hash_ranges: 0, ..view(1, None) });
+        // Found by tests/fuzz.rs: 128 888 888 ranges made every node build
+        // an owner table of half a gigabyte.
+        bad.push(StoredView { total_hash_ranges: 128_888_888, ..view(1, None) });
         bad.push(StoredView { state: ClusterState::Stable, ..view(2, Some(1)) });
         bad.push(StoredView { addresses: vec!["h:1".into(), "h:1".into()], ..view(2, None) });
         for v in bad {

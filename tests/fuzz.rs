@@ -181,7 +181,7 @@ fn fuzz(
     let deadline = Instant::now() + Duration::from_secs(seconds());
     let (mut runs, mut accepted) = (0u64, 0u64);
     while Instant::now() < deadline {
-        for _ in 0..64 {
+        for _ in 0..16 {
             let mut data = rng.pick(&seeds).clone();
             mutate(&mut rng, &mut data, &seeds, text);
             let data = seal(&mut rng, data);
