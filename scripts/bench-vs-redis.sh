@@ -10,7 +10,8 @@
 # one connection per concurrent batch), then gets them back mixed with as
 # many absent keys (Redis: pipelined `EXISTS`). Every answer is checked.
 # Measures each server's RSS growth, then KeyDB's get p99 with and without a
-# full snapshot of all keys being written. The last line is:
+# full snapshot of all keys being written, and how long a `kill -9`ed node
+# holding every key takes to be ready again. The last line is:
 #   RESULT put_ratio=<keydb/redis> get_ratio=<keydb/redis> keydb_bytes_per_key=<n> redis_bytes_per_key=<n>
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,10 +72,29 @@ spid=$!
 "$ADMIN" --addresses "127.0.0.1:$kport" bench "${snap[@]}" > "$tmp/during.json"
 wait "$spid" || echo "warning: the snapshot failed" >&2
 
-python3 - "$tmp" "$KEYS" "$r0" "$r1" "$k0" "$k1" <<'PY'
+# Restart: kill -9 the node holding every key, start it on the same disk,
+# and time it until /readyz answers 200.
+kill -9 "$kpid"; wait "$kpid" 2>/dev/null || true
+t0=$(date +%s.%N)
+KEYDB_PORT=$kport KEYDB_BIND=127.0.0.1 KEYDB_NODE_ADDRESSES=127.0.0.1:$kport \
+  KEYDB_DATA_DIR="$tmp/keydb-data" KEYDB_STORAGE_PATH="$tmp/keydb-objects" RUST_LOG=warn \
+  "$NODE" >> "$tmp/keydb.log" 2>&1 &
+kpid=$!; pids+=("$kpid")
+restart=""
+for _ in $(seq 1200); do
+  if curl -sf "http://127.0.0.1:$kport/readyz" >/dev/null; then
+    restart=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)")
+    break
+  fi
+  sleep 0.05
+done
+[ -n "$restart" ] || { echo "the node did not become ready within 60 s of its restart" >&2; exit 1; }
+
+python3 - "$tmp" "$KEYS" "$r0" "$r1" "$k0" "$k1" "$restart" <<'PY'
 import json, sys
 tmp, keys = sys.argv[1], int(sys.argv[2])
 r0, r1, k0, k1 = map(int, sys.argv[3:7])
+restart = float(sys.argv[7])
 def phases(name):
     return {p["name"]: p for p in json.load(open(f"{tmp}/{name}.json"))}
 redis, keydb = phases("redis"), phases("keydb")
@@ -88,6 +108,7 @@ for op in ("put", "get"):
 print(f"{'bytes/key (RSS)':22}{kb:>14.1f}{rb:>14.1f}{kb / rb:>10.2f}")
 print(f"keydb get p99 per batch: {idle['batch_p99_ms']:.2f} ms idle, {during['batch_p99_ms']:.2f} ms during a full "
       f"snapshot ({during['batch_p99_ms'] / idle['batch_p99_ms']:.2f}x)")
+print(f"keydb restart holding {keys:,} keys: {restart:.1f} s from kill -9 to ready")
 put_ratio = keydb["put"]["keys_per_sec"] / redis["put"]["keys_per_sec"]
 get_ratio = keydb["get"]["keys_per_sec"] / redis["get"]["keys_per_sec"]
 print(f"RESULT put_ratio={put_ratio:.2f} get_ratio={get_ratio:.2f} keydb_bytes_per_key={kb:.1f} redis_bytes_per_key={rb:.1f}")
