@@ -90,6 +90,9 @@ impl Handler<RangeBatch> for RangeActor {
             return;
         };
         let keys = slot.keys();
+        for &k in keys {
+            s.table.prefetch(k);
+        }
         let (answers, changed) = (&mut s.answers, &mut s.changed);
         answers.clear();
         changed.clear();
