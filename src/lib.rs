@@ -16,6 +16,7 @@
 //! - [`wal`]: the write-ahead log with group commit, and its replay.
 //! - [`wire`]: request/response bodies, JSON and the binary fast path.
 //! - [`metrics`]: Prometheus metrics for `GET /metrics`.
+//! - [`background`]: low-priority threads for snapshot encoding and checkpoints.
 //! - [`memory`]: giving memory freed by shrunk tables back to the OS.
 //! - [`messages`]: one struct per request between actors.
 //! - [`actors`]: `RangeActor` (one per range) and `RouterActor`.
@@ -24,6 +25,7 @@
 
 pub mod actors;
 pub mod assignment;
+pub mod background;
 pub mod bench;
 pub mod client;
 pub mod clock;

@@ -370,9 +370,14 @@ async fn write_segment(
             SEGMENT_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let segment = Segment { range, total_hash_ranges: job.total_hash_ranges, kind, created, entries };
-        let bytes = tokio::task::spawn_blocking(move || segment.encode())
-            .await
-            .map_err(|e| SnapshotError::Internal(format!("encoding task failed: {e}")))?;
+        let bytes = if handoff.is_some() {
+            // A handoff bounds how long the range answers 503 on its new
+            // owner: encode it at normal priority.
+            tokio::task::spawn_blocking(move || segment.encode()).await.map_err(|e| e.to_string())
+        } else {
+            crate::background::run(move || segment.encode()).await
+        }
+        .map_err(|e| SnapshotError::Internal(format!("encoding task failed: {e}")))?;
         let size = bytes.len() as u64;
         let key = segment_key(range, &name);
         job.store.put(&key, bytes).await.map_err(store_err)?;
@@ -423,9 +428,8 @@ async fn checkpoint(job: Job, data_dir: PathBuf, wal: Wal) -> Result<usize, Stri
             entries,
         };
         let dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || restore::write_checkpoint(&dir, &segment))
-            .await
-            .map_err(|e| e.to_string())?
+        crate::background::run(move || restore::write_checkpoint(&dir, &segment))
+            .await?
             .map_err(|e| e.to_string())?;
     }
     tokio::task::spawn_blocking(move || wal.truncate_below(seq))
