@@ -301,6 +301,9 @@ enum Victim {
     Draining,
     /// Node 2: it gains them.
     Loading,
+    /// Any of the three, at a random moment in the 1.5 s after `scale`
+    /// returned (`KEYDB_KILL_SEED` replays a run; the seed is printed).
+    Random,
 }
 
 async fn kill_mid_scale(victim: Victim) {
@@ -325,6 +328,18 @@ async fn kill_mid_scale(victim: Victim) {
     let index = match victim {
         Victim::Draining => 0,
         Victim::Loading => 2,
+        Victim::Random => {
+            let seed: u64 =
+                std::env::var("KEYDB_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+                        as u64
+                });
+            let (index, delay_ms) = ((seed % 3) as usize, (seed / 3) % 1500);
+            eprintln!("KEYDB_KILL_SEED={seed}: kill -9 of node {index} {delay_ms} ms after scale");
+            // Fault injection at a chosen moment, not a wait for a state.
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            index
+        }
     };
     nodes[index].kill9();
     let node = &mut nodes[index];
@@ -372,4 +387,9 @@ async fn kill9_draining_node_mid_scale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_loading_node_mid_scale() {
     kill_mid_scale(Victim::Loading).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_random_node_at_a_random_point_of_a_scale() {
+    kill_mid_scale(Victim::Random).await;
 }
