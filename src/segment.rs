@@ -120,13 +120,21 @@ impl Segment {
         };
         // unwrap: encoding into a Vec cannot fail.
         let raw = bincode::encode_to_vec(&body, bincode_config()).unwrap();
+        Self::frame(&raw, raw.len() as u64)
+    }
+
+    /// Compresses a body and puts the checksummed header before it,
+    /// announcing `decoded_len` decoded bytes. [`Segment::encode`] announces
+    /// the body's true length; tests and fuzzers pass a body or a length of
+    /// their own to forge segments that pass the checksum.
+    pub fn frame(raw: &[u8], decoded_len: u64) -> Vec<u8> {
         // unwrap: compressing from and into memory cannot fail.
-        let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).unwrap();
+        let compressed = zstd::bulk::compress(raw, ZSTD_LEVEL).unwrap();
         let mut out = Vec::with_capacity(HEADER_LEN + compressed.len());
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
-        out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-        out.extend_from_slice(&checksum(raw.len() as u64, &compressed).to_le_bytes());
+        out.extend_from_slice(&decoded_len.to_le_bytes());
+        out.extend_from_slice(&checksum(decoded_len, &compressed).to_le_bytes());
         out.extend_from_slice(&compressed);
         out
     }
@@ -305,16 +313,6 @@ mod tests {
         assert!(err.0.contains("ranges/00005/manifest.json"));
     }
 
-    /// Seals `raw` as a segment announcing `announced` decoded bytes.
-    fn sealed(raw: &[u8], announced: u64) -> Vec<u8> {
-        let compressed = zstd::bulk::compress(raw, 1).unwrap();
-        let mut out = b"KDBS\x01".to_vec();
-        out.extend_from_slice(&announced.to_le_bytes());
-        out.extend_from_slice(&checksum(announced, &compressed).to_le_bytes());
-        out.extend_from_slice(&compressed);
-        out
-    }
-
     /// Found by tests/fuzz.rs: intact checksums over hostile sizes made the
     /// decoder allocate 34 GB and abort the process.
     #[test]
@@ -327,10 +325,10 @@ mod tests {
         // The lo column announces 2^31 entries; the body has none.
         raw.extend_from_slice(&(1u64 << 31).to_le_bytes());
         raw.extend_from_slice(&[0; 16]);
-        let err = Segment::decode("s", &sealed(&raw, raw.len() as u64)).unwrap_err();
+        let err = Segment::decode("s", &Segment::frame(&raw, raw.len() as u64)).unwrap_err();
         assert!(err.0.contains("entries announced"), "{err}");
         // A tiny compressed body announcing 30 GB decoded.
-        let err = Segment::decode("s", &sealed(&raw, 30 << 30)).unwrap_err();
+        let err = Segment::decode("s", &Segment::frame(&raw, 30 << 30)).unwrap_err();
         assert!(err.0.contains("announces"), "{err}");
         // Columns of different lengths inside a body of the right size.
         let mut uneven = sample(2).encode();
@@ -338,7 +336,7 @@ mod tests {
         let mut body = body.clone();
         let hi_at = BODY_FIXED + 8 + 16;
         body[hi_at..hi_at + 8].copy_from_slice(&3u64.to_le_bytes());
-        uneven = sealed(&body, body.len() as u64);
+        uneven = Segment::frame(&body, body.len() as u64);
         assert!(Segment::decode("s", &uneven).unwrap_err().0.contains("different lengths"));
     }
 
