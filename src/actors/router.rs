@@ -250,16 +250,18 @@ impl Handler<Route> for RouterActor {
             }
         }
         let total = self.view.total_hash_ranges();
-        // Group the keys by range with a counting sort: one pass counts and
-        // checks each range, one places every key; two allocations a request.
+        // Group the keys by range with a counting sort: one pass counts,
+        // one checks each touched range, one places every key.
         let mut start = vec![0u32; total as usize + 1];
         for fp in &msg.fingerprints {
             start[fp.range(total) as usize + 1] += 1;
         }
+        let mut groups = 0;
         for range in 0..total {
             if start[range as usize + 1] == 0 {
                 continue;
             }
+            groups += 1;
             let refusal = match self.slots[range as usize].as_ref().map(|s| s.state) {
                 None | Some(RangeState::Draining | RangeState::Drained) => Some(self.wrong_node(range)),
                 Some(RangeState::Restoring) => {
@@ -287,10 +289,9 @@ impl Handler<Route> for RouterActor {
             positions[*at as usize] = pos as u32;
             *at += 1;
         }
-        let groups: Vec<u32> = (0..total).filter(|&r| start[r as usize + 1] > start[r as usize]).collect();
         let answered = !matches!(op, RangeOp::Put { .. });
-        let (gather, done) = Gather::new(keys, positions, groups.len(), answered);
-        for range in groups {
+        let (gather, done) = Gather::new(keys, positions, groups, answered);
+        for range in (0..total).filter(|&r| start[r as usize + 1] > start[r as usize]) {
             // unwrap: every group's range was checked to have a slot above.
             let addr = &self.slots[range as usize].as_ref().unwrap().addr;
             let slot = gather.slot(range, start[range as usize] as usize, start[range as usize + 1] as usize);
