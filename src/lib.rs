@@ -6,6 +6,8 @@
 //! - [`assignment`]: range → node, balanced and with minimal movement.
 //! - [`view`]: the cluster view (epoch, addresses, owners).
 //! - [`store`]: object store backends (`fs`, `s3`).
+//! - [`layout`]: every object KeyDB keeps in the store, and the scale's marks.
+//! - [`datadir`]: the data folder's lock and identity (cluster and node).
 //! - [`table`]: one range's keys and expiries, with the incremental sweep.
 //! - [`bench`]: the load generator behind `keydb-admin bench`.
 //! - [`client`]: the Rust client library.
@@ -29,8 +31,10 @@ pub mod background;
 pub mod bench;
 pub mod client;
 pub mod clock;
+pub mod datadir;
 pub mod fingerprint;
 pub mod http;
+pub mod layout;
 pub mod memory;
 pub mod messages;
 pub mod metrics;

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::segment::{FormatError, Manifest, Segment, SegmentKind};
+use crate::layout::{read_manifest, segment_key};
+use crate::segment::{FormatError, Segment, SegmentKind};
 use crate::store::{ObjectStore, StoreError};
 use crate::table::{Expiry, RangeTable, TableKey};
 use crate::wal;
@@ -159,32 +160,6 @@ pub fn remove_checkpoint(data_dir: &Path, range: u32) -> Result<(), RestoreError
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path, e)),
         _ => Ok(()),
     }
-}
-
-pub fn manifest_key(range: u32) -> String {
-    format!("ranges/{range:05}/manifest.json")
-}
-
-pub fn segment_key(range: u32, name: &str) -> String {
-    format!("ranges/{range:05}/{name}")
-}
-
-/// Reads a range's manifest; `None` if the range was never snapshotted.
-pub async fn read_manifest(
-    store: &ObjectStore,
-    range: u32,
-    total_hash_ranges: u32,
-) -> Result<Option<Manifest>, RestoreError> {
-    let key = manifest_key(range);
-    let Some(bytes) = store.get(&key).await? else { return Ok(None) };
-    let manifest = Manifest::decode(&format!("{} {key}", store.describe()), &bytes)?;
-    if manifest.range != range || manifest.total_hash_ranges != total_hash_ranges {
-        return Err(RestoreError::Mismatch(format!(
-            "{key} describes range {} of {}, expected range {range} of {total_hash_ranges}",
-            manifest.range, manifest.total_hash_ranges
-        )));
-    }
-    Ok(Some(manifest))
 }
 
 /// Merges a range's whole segment chain from the object store into `table`.

@@ -215,6 +215,10 @@ pub struct SegmentRef {
 pub struct Handoff {
     pub epoch: u64,
     pub node_id: u32,
+    /// The cluster the mark was written in (empty in marks written before
+    /// cluster ids existed): marks of another cluster never count.
+    #[serde(default)]
+    pub cluster_id: String,
 }
 
 /// A range's chain of segments in the object store.
@@ -306,7 +310,7 @@ mod tests {
             bytes: 10,
             created: 1,
         });
-        m.handoff = Some(Handoff { epoch: 2, node_id: 1 });
+        m.handoff = Some(Handoff { epoch: 2, node_id: 1, cluster_id: "c".into() });
         let bytes = m.encode();
         assert_eq!(Manifest::decode("m", &bytes).unwrap(), m);
         let err = Manifest::decode("ranges/00005/manifest.json", &bytes[..bytes.len() / 2]).unwrap_err();

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,10 +15,12 @@ use actix::{Actor, Addr, Arbiter};
 use actix_web::{web, App, HttpServer};
 use futures_util::stream::{self, StreamExt};
 
-use crate::actors::{RangeActor, RangeState, RouterActor, RouterDeps, SnapshotActor};
+use crate::actors::{RangeActor, RangeState, RouterActor, RouterDeps, SharedRanges, SnapshotActor};
 use crate::clock;
+use crate::datadir::{self, Identity};
 use crate::http::{self, AppState};
-use crate::messages::{AllRestored, CreateSnapshots, RangesRestored, Restore};
+use crate::layout::{self, VIEW_KEY};
+use crate::messages::{AdoptView, AllRestored, CreateSnapshots, RangesRestored, Restore};
 use crate::restore::{self, LocalState};
 use crate::settings::Settings;
 use crate::store::ObjectStore;
@@ -26,11 +28,11 @@ use crate::table::RangeTable;
 use crate::view::{ClusterState, StoredView};
 use crate::wal::Wal;
 
-/// The object store key of the authoritative cluster view.
-pub const VIEW_KEY: &str = "cluster.json";
 /// Ranges restored from the object store at once.
 const PARALLEL_RESTORES: usize = 8;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// Waiting for the object store's view at start retries at least this often.
+const MAX_VIEW_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// A last snapshot at shutdown gives up after this long.
 const LAST_SNAPSHOT_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -47,14 +49,19 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// The view a cluster starts from when none is stored yet.
+/// The view a cluster starts from when none is stored yet, with a new
+/// cluster id.
 pub fn bootstrap_view(settings: &Settings) -> StoredView {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let seed = format!("{nanos} {} {:?} {:?}", std::process::id(), settings.node_addresses, settings.storage);
     StoredView {
         epoch: 1,
         addresses: settings.node_addresses.clone(),
         total_hash_ranges: settings.total_hash_ranges,
         state: ClusterState::Stable,
         previous_addresses: None,
+        cluster_id: format!("{:032x}", xxhash_rust::xxh3::xxh3_128(seed.as_bytes())),
     }
 }
 
@@ -71,7 +78,18 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         .map_err(|e| StartError::Config(format!("cannot set up the object store: {e}")))?;
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|e| StartError::Config(format!("KEYDB_DATA_DIR={}: {e}", settings.data_dir.display())))?;
-    let view = resolve_view(&store, &settings).await?;
+    // Held until this function returns, i.e. for the life of the node.
+    let _lock = datadir::lock(&settings.data_dir).map_err(StartError::Config)?;
+    let identity = Identity::read(&settings.data_dir).map_err(StartError::Config)?;
+    let view = resolve_view(&store, &settings, identity.as_ref()).await?;
+    match identity {
+        Some(identity) => identity
+            .check(&settings.data_dir, settings.node_id, &view.cluster_id)
+            .map_err(StartError::Config)?,
+        None => Identity { cluster_id: view.cluster_id.clone(), node_id: settings.node_id }
+            .write(&settings.data_dir)
+            .map_err(StartError::Config)?,
+    }
     let total = view.total_hash_ranges;
     let plan = view.plan_for(settings.node_id);
     log::info!(
@@ -102,17 +120,21 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         }
     }
     let last_snapshot = Arc::new(AtomicU64::new(0));
-    let snapshots = SnapshotActor::new(&settings, store.clone(), last_snapshot.clone()).start();
+    let ranges = SharedRanges::default();
+    let snapshots =
+        SnapshotActor::new(&settings, store.clone(), ranges.clone(), last_snapshot.clone()).start();
     let deps = RouterDeps {
         node_id: settings.node_id,
         store: store.clone(),
         snapshots: snapshots.clone(),
         arbiters: arbiters.iter().map(|a| a.handle()).collect(),
         last_snapshot,
+        ranges,
     };
     let to_restore: Vec<(u32, Addr<RangeActor>, bool)> =
         slots.iter().map(|(r, a, target)| (*r, a.clone(), *target == RangeState::Loading)).collect();
     let router = RouterActor::new(deps, view, slots).start();
+    actix_web::rt::spawn(refresh_view(store.clone(), router.clone(), settings.view_refresh_interval));
 
     let wal_slot: WalSlot = Arc::default();
     actix_web::rt::spawn(restore_ranges(Restorer {
@@ -192,46 +214,59 @@ async fn stop_on_signal(server: actix_web::dev::ServerHandle) {
     server.stop(true).await;
 }
 
-fn view_cache(data_dir: &Path) -> PathBuf {
-    data_dir.join("view.json")
-}
-
-/// Reads the cluster view from the object store, or writes the bootstrap
-/// view there if the cluster has none. While the store is unreachable, a
-/// view cached on local disk is used if there is one; otherwise it retries.
-async fn resolve_view(store: &ObjectStore, settings: &Settings) -> Result<StoredView, StartError> {
+/// Reads the cluster view from the object store. Only node 0 writes the
+/// bootstrap view of a store that has none, and only with an empty data
+/// folder; any other node waits for it and says so (it may be pointed at
+/// the wrong store). Until the store answers, the node serves nothing: a
+/// view cached from an earlier run may be stale, and serving from it could
+/// answer for ranges that moved away.
+async fn resolve_view(
+    store: &ObjectStore,
+    settings: &Settings,
+    identity: Option<&Identity>,
+) -> Result<StoredView, StartError> {
     let mut delay = Duration::from_millis(250);
     let wire = loop {
-        match store.get(VIEW_KEY).await {
-            Ok(Some(bytes)) => {
-                break StoredView::decode(&bytes).map_err(|e| {
-                    StartError::Config(format!("{VIEW_KEY} in {} is corrupt: {e}", store.describe()))
-                })?;
+        match layout::read_view(store).await {
+            Ok(Some(view)) => break view,
+            Err(restore::RestoreError::Mismatch(e)) => return Err(StartError::Config(e)),
+            Ok(None) if identity.is_some() => {
+                // unwrap: checked just above.
+                let id = identity.unwrap();
+                return Err(StartError::Config(format!(
+                    "KEYDB_DATA_DIR={} holds node {} of cluster {:?}, but {} has no {VIEW_KEY}: point                      KEYDB_STORAGE_* at that cluster's object store, or remove the folder to start a new cluster",
+                    settings.data_dir.display(),
+                    id.node_id,
+                    id.cluster_id,
+                    store.describe()
+                )));
             }
+            Ok(None) if settings.node_id != 0 => log::warn!(
+                "no {VIEW_KEY} in {}: waiting for node 0 to bootstrap the cluster (is KEYDB_STORAGE_* this \
+                 cluster's object store?); retrying in {delay:?}",
+                store.describe()
+            ),
             Ok(None) => {
                 let view = bootstrap_view(settings);
                 // unwrap: a view always serializes.
                 match store.put(VIEW_KEY, serde_json::to_vec_pretty(&view).unwrap()).await {
                     Ok(()) => {
-                        log::info!("no cluster view in {}: bootstrapped epoch 1", store.describe());
+                        log::info!(
+                            "no cluster view in {}: bootstrapped cluster {} at epoch 1",
+                            store.describe(),
+                            view.cluster_id
+                        );
                         break view;
                     }
                     Err(e) => log::warn!("cannot write the bootstrap view (retrying in {delay:?}): {e}"),
                 }
             }
-            Err(e) => {
-                if let Some(cached) = std::fs::read(view_cache(&settings.data_dir))
-                    .ok()
-                    .and_then(|b| StoredView::decode(&b).ok())
-                {
-                    log::warn!("object store unreachable ({e}); using the view cached on disk");
-                    break cached;
-                }
-                log::warn!("object store unreachable (retrying in {delay:?}): {e}");
-            }
+            Err(e) => log::warn!(
+                "cannot read the cluster view; serving nothing until it is read (retrying in {delay:?}): {e}"
+            ),
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        delay = (delay * 2).min(MAX_VIEW_RETRY_DELAY);
     };
     if wire.total_hash_ranges != settings.total_hash_ranges {
         return Err(StartError::Config(format!(
@@ -241,19 +276,33 @@ async fn resolve_view(store: &ObjectStore, settings: &Settings) -> Result<Stored
             store.describe()
         )));
     }
-    if wire.addresses.is_empty() || wire.total_hash_ranges == 0 {
-        return Err(StartError::Config(format!("{VIEW_KEY} in {} is invalid: {wire:?}", store.describe())));
-    }
     if wire.addresses != settings.node_addresses {
-        log::info!("the stored view (epoch {}) overrides KEYDB_NODE_ADDRESSES", wire.epoch);
-    }
-    // unwrap: a view always serializes.
-    if let Err(e) =
-        restore::write_atomically(&view_cache(&settings.data_dir), &serde_json::to_vec(&wire).unwrap())
-    {
-        log::warn!("cannot cache the view on disk: {e}");
+        log::warn!(
+            "the stored view (epoch {}, {:?}) overrides KEYDB_NODE_ADDRESSES ({:?})",
+            wire.epoch,
+            wire.addresses,
+            settings.node_addresses
+        );
     }
     Ok(wire)
+}
+
+/// Re-reads the cluster view every `interval` and hands it to the router,
+/// which adopts it if it supersedes its own: a node that was not told of a
+/// scale (or missed its completion) catches up by itself.
+async fn refresh_view(store: ObjectStore, router: Addr<RouterActor>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        match layout::read_view(&store).await {
+            Ok(Some(view)) => {
+                if router.send(AdoptView { view }).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => log::error!("{VIEW_KEY} is gone from {}: keeping the view held", store.describe()),
+            Err(e) => log::debug!("cannot refresh the cluster view: {e}"),
+        }
+    }
 }
 
 struct Restorer {
@@ -314,10 +363,15 @@ async fn restore_ranges(r: Restorer) {
 
     let mut tables: HashMap<u32, RangeTable> = local.tables;
     let mut from_disk = Vec::new();
+    let mut gained_ranges = Vec::new();
     let mut from_store = Vec::new();
     for (range, addr, gained) in &r.ranges {
         let table = tables.remove(range).unwrap_or_default();
-        if complete.contains(range) || *gained {
+        if *gained {
+            // What the disk has of it; the loader merges the rest.
+            addr.do_send(Restore { table, wal: wal.clone(), force_full: true });
+            gained_ranges.push(*range);
+        } else if complete.contains(range) {
             // The object store may lack what the WAL had: snapshot in full next.
             addr.do_send(Restore { table, wal: wal.clone(), force_full: true });
             from_disk.push(*range);
@@ -326,7 +380,9 @@ async fn restore_ranges(r: Restorer) {
         }
     }
     // Sent even with no range: it also hands the router the WAL.
-    let _ = r.router.send(RangesRestored { ranges: from_disk.clone(), wal: wal.clone() }).await;
+    let restored = RangesRestored { ranges: from_disk.clone(), on_disk: true, wal: wal.clone() };
+    let _ = r.router.send(restored).await;
+    let _ = r.router.send(RangesRestored { ranges: gained_ranges, on_disk: false, wal: wal.clone() }).await;
     let store_count = from_store.len();
     stream::iter(from_store)
         .for_each_concurrent(PARALLEL_RESTORES, |(range, addr, table)| {
@@ -335,7 +391,8 @@ async fn restore_ranges(r: Restorer) {
                 let on_disk = !table.is_empty();
                 let table = restore_from_store(&store, range, r.total_hash_ranges, table).await;
                 let _ = addr.send(Restore { table, wal: wal.clone(), force_full: on_disk }).await;
-                let _ = router.send(RangesRestored { ranges: vec![range], wal }).await;
+                // Not complete on disk until its first checkpoint is written.
+                let _ = router.send(RangesRestored { ranges: vec![range], on_disk: false, wal }).await;
             }
         })
         .await;

@@ -87,6 +87,9 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// On SIGTERM/SIGINT, write a last incremental snapshot before exiting.
     pub snapshot_on_shutdown: bool,
+    /// How often the node re-reads `cluster.json` to catch up with a view
+    /// it was not told of.
+    pub view_refresh_interval: Duration,
 }
 
 /// One bad setting.
@@ -135,11 +138,16 @@ pub const KEYS: &[&str] = &[
     "wal_checkpoint_bytes",
     "shutdown_timeout",
     "snapshot_on_shutdown",
+    "view_refresh_interval",
 ];
 
 /// `KEYDB_*` variables that are not node settings and are left alone:
-/// `KEYDB_CONFIG` names the file, `KEYDB_ADDRESSES` is read by the CLI.
+/// `KEYDB_CONFIG` names the file, `KEYDB_ADDRESSES` is read by the CLI, and
+/// debug builds (the tests' binaries) take `KEYDB_TEST_PANIC_KEY`.
+#[cfg(not(debug_assertions))]
 const NOT_SETTINGS: &[&str] = &["config", "addresses"];
+#[cfg(debug_assertions)]
+const NOT_SETTINGS: &[&str] = &["config", "addresses", "test_panic_key"];
 
 impl Settings {
     /// Reads the layers from this process's environment.
@@ -226,6 +234,12 @@ impl Settings {
         });
         let snapshot_on_shutdown =
             p.parse("snapshot_on_shutdown", "true or false", |s| s.parse::<bool>().ok());
+        let view_refresh_interval =
+            p.parse("view_refresh_interval", "a duration from 100ms to 10m, such as 5s", |s| {
+                humantime::parse_duration(s)
+                    .ok()
+                    .filter(|d| (Duration::from_millis(100)..=Duration::from_secs(600)).contains(d))
+            });
 
         // Checks across settings, only once each part parsed.
         if let (Some(id), Some(addresses)) = (node_id, &node_addresses) {
@@ -287,6 +301,7 @@ impl Settings {
             wal_checkpoint_bytes: wal_checkpoint_bytes.unwrap(),
             shutdown_timeout: shutdown_timeout.unwrap(),
             snapshot_on_shutdown: snapshot_on_shutdown.unwrap(),
+            view_refresh_interval: view_refresh_interval.unwrap(),
         })
     }
 }

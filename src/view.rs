@@ -40,6 +40,12 @@ pub struct StoredView {
     pub state: ClusterState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_addresses: Option<Vec<String>>,
+    /// Made once when the cluster is bootstrapped; data folders and
+    /// handoff and load marks carry it, so nothing of another cluster (or of
+    /// an earlier cluster in the same store) is taken for this one's. Empty
+    /// in views written before it existed.
+    #[serde(default)]
+    pub cluster_id: String,
 }
 
 impl StoredView {
@@ -66,6 +72,31 @@ impl StoredView {
             }
             (Some(_), ClusterState::Stable) => Err("previous_addresses is set on a stable view".into()),
             _ => Ok(view),
+        }
+    }
+
+    /// Whether `self` supersedes `current`: a higher epoch, or the same
+    /// epoch completed (`scaling` -> `stable`). Views of another cluster or
+    /// another number of ranges never do.
+    pub fn supersedes(&self, current: &StoredView) -> bool {
+        if self.cluster_id != current.cluster_id || self.total_hash_ranges != current.total_hash_ranges {
+            return false;
+        }
+        self.epoch > current.epoch
+            || (self.epoch == current.epoch
+                && current.state == ClusterState::Scaling
+                && self.state == ClusterState::Stable)
+    }
+
+    /// Ranges whose owner changes in this scale (none on a stable view).
+    pub fn moved_ranges(&self) -> Vec<u32> {
+        match (&self.previous_addresses, self.state) {
+            (Some(prev), ClusterState::Scaling) => {
+                let before = assignment::owners(self.total_hash_ranges, prev.len() as u32);
+                let now = assignment::owners(self.total_hash_ranges, self.addresses.len() as u32);
+                (0..self.total_hash_ranges).filter(|&r| before[r as usize] != now[r as usize]).collect()
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -174,6 +205,7 @@ mod tests {
             total_hash_ranges: 128,
             state: if previous.is_some() { ClusterState::Scaling } else { ClusterState::Stable },
             previous_addresses: previous.map(list),
+            cluster_id: "c".into(),
         }
     }
 
@@ -213,5 +245,19 @@ mod tests {
         let stable = view(3, None);
         assert!(stable.plan_for(1).gained.is_empty() && stable.plan_for(1).lost.is_empty());
         assert!(view(2, Some(3)).plan_for(2).kept.is_empty(), "a removed node keeps nothing");
+    }
+
+    #[test]
+    fn supersedes_orders_epochs_then_completion() {
+        let scaling = view(3, Some(2));
+        let stable = StoredView { state: ClusterState::Stable, previous_addresses: None, ..scaling.clone() };
+        assert!(stable.supersedes(&scaling) && !scaling.supersedes(&stable));
+        assert!(!stable.supersedes(&stable) && !scaling.supersedes(&scaling));
+        let next = StoredView { epoch: 3, ..scaling.clone() };
+        assert!(next.supersedes(&stable) && !stable.supersedes(&next));
+        let other = StoredView { cluster_id: "other".into(), ..next.clone() };
+        assert!(!other.supersedes(&stable), "another cluster's view is never adopted");
+        assert_eq!(scaling.moved_ranges().len(), assignment::moves(128, 2, 3).len());
+        assert!(stable.moved_ranges().is_empty());
     }
 }

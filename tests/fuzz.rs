@@ -365,7 +365,7 @@ fn manifest() {
         bytes: 9,
         created: 6,
     });
-    full.handoff = Some(Handoff { epoch: 4, node_id: 2 });
+    full.handoff = Some(Handoff { epoch: 4, node_id: 2, cluster_id: "c".into() });
     let seeds = vec![Manifest::empty(0, 1).encode(), full.encode()];
     fuzz("manifest", seeds, true, no_seal, |data| {
         let Ok(m) = Manifest::decode("fuzz", data) else { return false };
@@ -382,6 +382,7 @@ fn cluster_view() {
         total_hash_ranges: 128,
         state: ClusterState::Stable,
         previous_addresses: None,
+        cluster_id: "0123456789abcdef0123456789abcdef".into(),
     };
     let scaling = StoredView {
         epoch: 9,
@@ -389,6 +390,7 @@ fn cluster_view() {
         total_hash_ranges: 7,
         state: ClusterState::Scaling,
         previous_addresses: Some(vec!["a:1".into()]),
+        cluster_id: String::new(),
     };
     let seeds = vec![serde_json::to_vec(&stable).unwrap(), serde_json::to_vec_pretty(&scaling).unwrap()];
     fuzz("cluster_view", seeds, true, no_seal, |data| {

@@ -1,8 +1,9 @@
 //! Loading a range gained in a scale: merge the range's segment chain from
-//! the object store into the (already put-accepting) range actor, wait for
-//! the previous owner's handoff mark for this epoch, merge what it added,
-//! then tell the router to serve. Runs as a task beside the actors; it
-//! retries every failure, so a store outage only delays the load.
+//! the object store into the range actor while the previous owner still
+//! drains, wait for its handoff mark for this epoch, merge what it added,
+//! write this node's load mark, then tell the router to serve. Runs as a
+//! task beside the actors; it retries every failure, so a store outage only
+//! delays the load.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,8 +12,8 @@ use actix::Addr;
 
 use crate::actors::{RangeActor, RouterActor};
 use crate::clock;
+use crate::layout::{self, LoadMark};
 use crate::messages::{MergeEntries, RangeLoaded};
-use crate::restore::{self, segment_key};
 use crate::segment::Segment;
 use crate::store::ObjectStore;
 
@@ -22,15 +23,20 @@ const POLL: Duration = Duration::from_millis(100);
 const MAX_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-pub async fn load_range(
-    store: ObjectStore,
-    range: u32,
-    total_hash_ranges: u32,
-    epoch: u64,
-    addr: Addr<RangeActor>,
-    router: Addr<RouterActor>,
-) {
+/// Which range to load, for which epoch of which cluster.
+pub struct LoadJob {
+    pub store: ObjectStore,
+    pub range: u32,
+    pub total_hash_ranges: u32,
+    pub epoch: u64,
+    pub cluster_id: String,
+    /// This node, named in the load mark.
+    pub node_id: u32,
+}
+
+pub async fn load_range(job: LoadJob, addr: Addr<RangeActor>, router: Addr<RouterActor>) {
     let started = std::time::Instant::now();
+    let range = job.range;
     let mut loaded: HashSet<String> = HashSet::new();
     let mut backoff = POLL;
     let mut poll = POLL;
@@ -38,7 +44,7 @@ pub async fn load_range(
         // Waiting for the handoff polls briskly at first (the wait bounds how
         // long the range answers 503), then eases off so that many loading
         // ranges do not flood the store; errors back off further.
-        let pause = match step(&store, range, total_hash_ranges, epoch, &addr, &mut loaded).await {
+        let pause = match step(&job, &addr, &mut loaded).await {
             Ok(true) => break,
             Ok(false) => {
                 poll = (poll * 3 / 2).min(MAX_POLL);
@@ -52,34 +58,51 @@ pub async fn load_range(
         };
         tokio::time::sleep(pause).await;
     }
+    let mark = LoadMark { cluster_id: job.cluster_id.clone(), epoch: job.epoch, node_id: job.node_id };
+    let mut backoff = POLL;
+    while let Err(e) = layout::write_load_mark(&job.store, range, &mark).await {
+        log::warn!("range {range}: cannot write its load mark (retrying in {backoff:?}): {e}");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
     log::info!("range {range}: {} segments loaded in {:?}", loaded.len(), started.elapsed());
     let _ = router.send(RangeLoaded { range }).await;
 }
 
 /// One pass: merges every segment not merged yet; true once the manifest
-/// read carries the handoff mark of `epoch` (its segments all merged).
-async fn step(
-    store: &ObjectStore,
-    range: u32,
-    total_hash_ranges: u32,
-    epoch: u64,
-    addr: &Addr<RangeActor>,
-    loaded: &mut HashSet<String>,
-) -> Result<bool, String> {
+/// read carries this cluster's handoff mark of the epoch (its segments all
+/// merged).
+async fn step(job: &LoadJob, addr: &Addr<RangeActor>, loaded: &mut HashSet<String>) -> Result<bool, String> {
+    let (store, range) = (&job.store, job.range);
     let manifest =
-        restore::read_manifest(store, range, total_hash_ranges).await.map_err(|e| e.to_string())?;
+        layout::read_manifest(store, range, job.total_hash_ranges).await.map_err(|e| e.to_string())?;
     let Some(manifest) = manifest else { return Ok(false) };
     for seg in &manifest.segments {
         if loaded.contains(&seg.name) {
             continue;
         }
-        let key = segment_key(range, &seg.name);
+        let key = layout::segment_key(range, &seg.name);
         let name = format!("{} {key}", store.describe());
         let bytes = store.get(&key).await.map_err(|e| e.to_string())?.ok_or(format!("{name} is missing"))?;
         let segment = tokio::task::spawn_blocking(move || Segment::decode(&name, &bytes))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        // The same checks as a restore: a segment of another range or with
+        // other entries than its manifest says is damage, not data.
+        if segment.range != range
+            || segment.total_hash_ranges != job.total_hash_ranges
+            || segment.entries.len() as u64 != seg.entries
+        {
+            return Err(format!(
+                "{key}: {} entries of range {} of {}, the manifest says {} of range {range} of {}",
+                segment.entries.len(),
+                segment.range,
+                segment.total_hash_ranges,
+                seg.entries,
+                job.total_hash_ranges
+            ));
+        }
         for chunk in segment.entries.chunks(MERGE_CHUNK) {
             addr.send(MergeEntries { entries: chunk.to_vec(), now: clock::now_secs() })
                 .await
@@ -88,5 +111,5 @@ async fn step(
         }
         loaded.insert(seg.name.clone());
     }
-    Ok(manifest.handoff.is_some_and(|h| h.epoch >= epoch))
+    Ok(layout::handed_off(Some(&manifest), &job.cluster_id, job.epoch))
 }

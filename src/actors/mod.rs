@@ -15,4 +15,4 @@ mod snapshot;
 
 pub use range::RangeActor;
 pub use router::{RangeState, RouteError, RouterActor, RouterDeps};
-pub use snapshot::{SnapshotActor, SnapshotError};
+pub use snapshot::{RangeSets, SharedRanges, SnapshotActor, SnapshotError};

@@ -90,6 +90,12 @@ impl Handler<RangeBatch> for RangeActor {
             return;
         };
         let keys = slot.keys();
+        #[cfg(debug_assertions)]
+        if let Some(poison) = test_panic_key() {
+            // Test-only (debug builds): a bug inside a range actor, to show
+            // that the node does not stay up without it.
+            assert!(!keys.contains(&poison), "range {range}: KEYDB_TEST_PANIC_KEY was routed here");
+        }
         for &k in keys {
             s.table.prefetch(k);
         }
@@ -194,4 +200,15 @@ impl Handler<Retire> for RangeActor {
         self.state = None;
         ctx.stop();
     }
+}
+
+/// The key named by `KEYDB_TEST_PANIC_KEY` (debug builds only): a range
+/// actor handed it panics, standing in for a bug.
+#[cfg(debug_assertions)]
+fn test_panic_key() -> Option<TableKey> {
+    static KEY: std::sync::OnceLock<Option<TableKey>> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| {
+        let key = std::env::var("KEYDB_TEST_PANIC_KEY").ok()?;
+        Some(TableKey::from(crate::fingerprint::Fingerprint::of(key.as_bytes())))
+    })
 }

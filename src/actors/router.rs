@@ -15,12 +15,12 @@ use std::time::Duration;
 use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, ResponseFuture};
 use futures_util::future::join_all;
 
+use crate::actors::snapshot::SharedRanges;
 use crate::actors::{loader, RangeActor, SnapshotActor};
 use crate::clock;
 use crate::messages::{
-    AdoptView, CompleteScale, Gather, GatherError, GetInfo, GetStoredView, HandedOff, Handoff, RangeBatch,
-    RangeLoaded, RangeOp, RangeStats, RangesRestored, RecordLocal, Retire, Route, Routed, ScaleInProgress,
-    SetRanges,
+    AdoptView, CheckpointRange, Gather, GatherError, GetInfo, GetStoredView, HandedOff, Handoff, RangeBatch,
+    RangeLoaded, RangeOnDisk, RangeOp, RangeStats, RangesRestored, RecordLocal, Retire, Route, Routed,
 };
 use crate::store::ObjectStore;
 use crate::table::TableKey;
@@ -41,7 +41,12 @@ pub enum RouteError {
     /// A range needed by the batch cannot answer now; retry later.
     #[error("{reason}")]
     Unavailable { reason: String, view: ViewWire, retry_after_secs: u32 },
-    /// A bug or a dead actor.
+    /// A write was applied but could not be made durable, or a range
+    /// failed part way: some keys may have been stored. A claim must not be
+    /// retried blindly (it would answer "existed" for its own keys).
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    /// A bug or a dead actor, before anything was applied.
     #[error("{0}")]
     Internal(String),
 }
@@ -65,6 +70,12 @@ struct Slot {
     state: RangeState,
     /// The state once restored: `Serving`, `Loading` or `Draining`.
     after_restore: RangeState,
+    /// The disk alone (local checkpoint + WAL) rebuilds everything this
+    /// range has answered for: it was restored from a disk that did, or a
+    /// checkpoint of it was written after it was restored or loaded. Only
+    /// such ranges are listed in `local.json`, and only they may start
+    /// from the disk alone (and then supersede the object store's chain).
+    on_disk: bool,
 }
 
 /// What the router needs to start ranges, loads and handoffs.
@@ -76,6 +87,8 @@ pub struct RouterDeps {
     /// Unix seconds of the last completed snapshot, written by the
     /// snapshot actor (a statistic, not state anyone decides on).
     pub last_snapshot: Arc<AtomicU64>,
+    /// The ranges the snapshot actor snapshots and checkpoints.
+    pub ranges: SharedRanges,
 }
 
 pub struct RouterActor {
@@ -102,7 +115,8 @@ impl RouterActor {
         let total = stored.total_hash_ranges as usize;
         let mut table: Vec<Option<Slot>> = (0..total).map(|_| None).collect();
         for (range, addr, after_restore) in slots {
-            table[range as usize] = Some(Slot { addr, state: RangeState::Restoring, after_restore });
+            table[range as usize] =
+                Some(Slot { addr, state: RangeState::Restoring, after_restore, on_disk: false });
         }
         let view = ClusterView::new(stored.wire());
         RouterActor { deps, stored, view, slots: table, wal: None, gained_early: Vec::new(), next_arbiter: 0 }
@@ -134,14 +148,21 @@ impl RouterActor {
     /// records which ones this disk holds completely.
     fn publish(&self, forget: Vec<u32>) {
         use RangeState::*;
+        {
+            let mut sets = self.deps.ranges.lock().unwrap_or_else(|e| e.into_inner());
+            sets.serving = self.addrs(|s| s == Serving);
+            sets.all = self.addrs(|s| s != Restoring);
+        }
+        let complete: BTreeSet<u32> = (0..self.slots.len() as u32)
+            .filter(|&r| {
+                self.slots[r as usize]
+                    .as_ref()
+                    .is_some_and(|s| s.on_disk && matches!(s.state, Serving | Draining | Drained))
+            })
+            .collect();
         // do_send: the snapshot actor's mailbox is only full if it is far
-        // behind; the next change publishes the whole state again.
-        self.deps.snapshots.do_send(SetRanges {
-            serving: self.addrs(|s| s == Serving),
-            all: self.addrs(|s| s != Restoring),
-        });
-        let complete: BTreeSet<u32> =
-            self.in_state(|s| matches!(s, Serving | Draining | Drained)).into_iter().collect();
+        // behind; the next change records the whole state again, and a
+        // record lost meanwhile only ever lists fewer ranges than it could.
         self.deps.snapshots.do_send(RecordLocal {
             total_hash_ranges: self.stored.total_hash_ranges,
             ranges: complete,
@@ -167,25 +188,83 @@ impl RouterActor {
         let Some(slot) = &mut self.slots[range as usize] else { return };
         slot.state = RangeState::Loading;
         let task = loader::load_range(
-            self.deps.store.clone(),
-            range,
-            self.stored.total_hash_ranges,
-            self.stored.epoch,
+            loader::LoadJob {
+                store: self.deps.store.clone(),
+                range,
+                total_hash_ranges: self.stored.total_hash_ranges,
+                epoch: self.stored.epoch,
+                cluster_id: self.stored.cluster_id.clone(),
+                node_id: self.deps.node_id,
+            },
             slot.addr.clone(),
             ctx.address(),
         );
         actix::spawn(task);
     }
 
-    fn begin_draining(&mut self, range: u32, ctx: &mut Context<Self>) {
-        let Some(slot) = &mut self.slots[range as usize] else { return };
-        slot.state = RangeState::Draining;
-        let (snapshots, addr, router, epoch) =
-            (self.deps.snapshots.clone(), slot.addr.clone(), ctx.address(), self.stored.epoch);
+    /// Writes a checkpoint of a range that serves but that the disk alone
+    /// does not rebuild yet, then records it as complete on disk.
+    fn checkpoint_when_restored(&self, range: u32, ctx: &mut Context<Self>) {
+        let Some(slot) = &self.slots[range as usize] else { return };
+        if slot.on_disk {
+            return;
+        }
+        let (snapshots, addr, router) = (self.deps.snapshots.clone(), slot.addr.clone(), ctx.address());
         actix::spawn(async move {
             let mut delay = Duration::from_millis(200);
             loop {
-                match snapshots.send(Handoff { range, addr: addr.clone(), epoch }).await {
+                match snapshots.send(CheckpointRange { range, addr: addr.clone() }).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => {
+                        log::warn!("checkpoint of range {range} failed (retrying in {delay:?}): {e}")
+                    }
+                    // The node is stopping: the range is restored again at the next start.
+                    Err(_) => return,
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_HANDOFF_RETRY);
+            }
+            let _ = router.send(RangeOnDisk { range, addr }).await;
+        });
+    }
+
+    /// Stops the actors of ranges handed off once the view is stable and
+    /// they are no longer this node's; returns them.
+    fn retire_drained(&mut self) -> Vec<u32> {
+        if self.stored.state != ClusterState::Stable {
+            return Vec::new();
+        }
+        let mine = self.view.ranges_of(self.deps.node_id);
+        let dropped: Vec<u32> =
+            self.in_state(|s| s == RangeState::Drained).into_iter().filter(|r| !mine.contains(r)).collect();
+        for &range in &dropped {
+            if let Some(slot) = self.slots[range as usize].take() {
+                // do_send: a retired actor that misses this only keeps its
+                // memory until the process stops.
+                slot.addr.do_send(Retire);
+            }
+        }
+        if !dropped.is_empty() {
+            log::info!("scale complete: dropped {} ranges handed off", dropped.len());
+        }
+        dropped
+    }
+
+    fn begin_draining(&mut self, range: u32, ctx: &mut Context<Self>) {
+        let Some(slot) = &mut self.slots[range as usize] else { return };
+        slot.state = RangeState::Draining;
+        let (snapshots, addr, router, epoch, cluster_id) = (
+            self.deps.snapshots.clone(),
+            slot.addr.clone(),
+            ctx.address(),
+            self.stored.epoch,
+            self.stored.cluster_id.clone(),
+        );
+        actix::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                let handoff = Handoff { range, addr: addr.clone(), epoch, cluster_id: cluster_id.clone() };
+                match snapshots.send(handoff).await {
                     Ok(Ok(())) => break,
                     Ok(Err(e)) => log::warn!("handoff of range {range} failed (retrying in {delay:?}): {e}"),
                     Err(e) => log::warn!("handoff of range {range}: snapshot actor unreachable: {e}"),
@@ -199,7 +278,14 @@ impl RouterActor {
 
     /// A range finished its part of a scale (`from` -> `to`); stale reports
     /// (the range has moved on) are ignored.
-    fn finish_move(&mut self, range: u32, from: RangeState, to: RangeState, kind: &str) {
+    fn finish_move(
+        &mut self,
+        range: u32,
+        from: RangeState,
+        to: RangeState,
+        kind: &str,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(slot) = &mut self.slots[range as usize] else { return };
         if slot.state != from {
             return;
@@ -210,7 +296,11 @@ impl RouterActor {
             .get_or_create(&crate::metrics::KindLabel { kind: kind.into() })
             .inc();
         log::info!("range {range} {kind}: now {to:?}");
-        self.publish(Vec::new());
+        if to == RangeState::Serving {
+            self.checkpoint_when_restored(range, ctx);
+        }
+        let dropped = self.retire_drained();
+        self.publish(dropped);
     }
 
     /// Moves a restored range into the state its plan gives it.
@@ -221,6 +311,9 @@ impl RouterActor {
             other => {
                 if let Some(slot) = &mut self.slots[range as usize] {
                     slot.state = other;
+                }
+                if other == RangeState::Serving {
+                    self.checkpoint_when_restored(range, ctx);
                 }
             }
         }
@@ -240,7 +333,7 @@ impl Handler<Route> for RouterActor {
 
     fn handle(&mut self, msg: Route, _: &mut Context<Self>) -> Self::Result {
         let now = clock::now_secs();
-        let op = msg.kind.at(now);
+        let op = msg.kind.at(clock::ttl_base_secs().max(now));
         if !matches!(op, RangeOp::Get) {
             // Refused before anything is applied, so a retry (even of a
             // claim) is safe; the node takes writes again once the WAL can.
@@ -267,7 +360,10 @@ impl Handler<Route> for RouterActor {
                 Some(RangeState::Restoring) => {
                     Some(self.unavailable(format!("range {range} is being restored")))
                 }
-                Some(RangeState::Loading) if !matches!(op, RangeOp::Put { .. }) => {
+                // Puts too: until the previous owner has handed the range
+                // off it may still take writes for it, and a claim here
+                // could then answer "new" for a key claimed there.
+                Some(RangeState::Loading) => {
                     Some(self.unavailable(format!("range {range} is loading after a scale")))
                 }
                 Some(_) => None,
@@ -290,6 +386,7 @@ impl Handler<Route> for RouterActor {
             *at += 1;
         }
         let answered = !matches!(op, RangeOp::Put { .. });
+        let writes = !matches!(op, RangeOp::Get);
         let (gather, done) = Gather::new(keys, positions, groups, answered);
         for range in (0..total).filter(|&r| start[r as usize + 1] > start[r as usize]) {
             // unwrap: every group's range was checked to have a slot above.
@@ -315,6 +412,9 @@ impl Handler<Route> for RouterActor {
                         view: view.clone(),
                         retry_after_secs: RETRY_AFTER_SECS,
                     },
+                    GatherError::Dropped(range) if writes => RouteError::OutcomeUnknown(format!(
+                        "range {range} did not answer; the other ranges of the request may have stored their keys"
+                    )),
                     GatherError::Dropped(range) => {
                         RouteError::Internal(format!("range {range} did not answer"))
                     }
@@ -332,7 +432,11 @@ impl Handler<Route> for RouterActor {
                             retry_after_secs: RETRY_AFTER_SECS,
                         }
                     } else {
-                        RouteError::Internal(e.to_string())
+                        // Applied in memory, not known to be on disk: it
+                        // may or may not survive a restart.
+                        RouteError::OutcomeUnknown(format!(
+                            "the write was applied but may not be durable: {e}"
+                        ))
                     }
                 })?;
             }
@@ -385,8 +489,9 @@ impl Handler<RangesRestored> for RouterActor {
             }
         }
         for range in msg.ranges {
-            let Some(slot) = &self.slots[range as usize] else { continue };
+            let Some(slot) = &mut self.slots[range as usize] else { continue };
             if slot.state == RangeState::Restoring {
+                slot.on_disk = msg.on_disk;
                 let target = slot.after_restore;
                 self.enter(range, target, ctx);
             }
@@ -408,7 +513,14 @@ impl Handler<AdoptView> for RouterActor {
 
     fn handle(&mut self, msg: AdoptView, ctx: &mut Context<Self>) -> u64 {
         let next = msg.view;
-        if next.epoch <= self.stored.epoch || next.total_hash_ranges != self.stored.total_hash_ranges {
+        if !next.supersedes(&self.stored) {
+            if next.cluster_id != self.stored.cluster_id {
+                log::error!(
+                    "ignoring a view of another cluster ({:?}, this node is in {:?}): was cluster.json replaced?",
+                    next.cluster_id,
+                    self.stored.cluster_id
+                );
+            }
             return self.stored.epoch;
         }
         log::info!(
@@ -419,31 +531,36 @@ impl Handler<AdoptView> for RouterActor {
             next.addresses.len()
         );
         let plan = next.plan_for(self.deps.node_id);
+        let completion = next.epoch == self.stored.epoch;
         self.stored = next;
         self.view = ClusterView::new(self.stored.wire());
-        for range in plan.lost {
-            if self.slots[range as usize].as_ref().is_some_and(|s| s.state == RangeState::Serving) {
-                self.begin_draining(range, ctx);
-            } else if let Some(slot) = &mut self.slots[range as usize] {
-                slot.after_restore = RangeState::Draining;
+        if !completion {
+            for range in plan.lost {
+                if self.slots[range as usize].as_ref().is_some_and(|s| s.state == RangeState::Serving) {
+                    self.begin_draining(range, ctx);
+                } else if let Some(slot) = &mut self.slots[range as usize] {
+                    slot.after_restore = RangeState::Draining;
+                }
+            }
+            for range in plan.gained {
+                if self.slots[range as usize].is_some() {
+                    continue;
+                }
+                let addr = self.start_range(range);
+                self.slots[range as usize] = Some(Slot {
+                    addr: addr.clone(),
+                    state: RangeState::Restoring,
+                    after_restore: RangeState::Loading,
+                    on_disk: false,
+                });
+                match self.wal.clone() {
+                    Some(wal) => self.load_gained(range, wal, ctx),
+                    None => self.gained_early.push(range),
+                }
             }
         }
-        for range in plan.gained {
-            if self.slots[range as usize].is_some() {
-                continue;
-            }
-            let addr = self.start_range(range);
-            self.slots[range as usize] = Some(Slot {
-                addr: addr.clone(),
-                state: RangeState::Restoring,
-                after_restore: RangeState::Loading,
-            });
-            match self.wal.clone() {
-                Some(wal) => self.load_gained(range, wal, ctx),
-                None => self.gained_early.push(range),
-            }
-        }
-        self.publish(Vec::new());
+        let dropped = self.retire_drained();
+        self.publish(dropped);
         self.stored.epoch
     }
 }
@@ -451,46 +568,31 @@ impl Handler<AdoptView> for RouterActor {
 impl Handler<RangeLoaded> for RouterActor {
     type Result = ();
 
-    fn handle(&mut self, msg: RangeLoaded, _: &mut Context<Self>) {
-        self.finish_move(msg.range, RangeState::Loading, RangeState::Serving, "loaded");
+    fn handle(&mut self, msg: RangeLoaded, ctx: &mut Context<Self>) {
+        self.finish_move(msg.range, RangeState::Loading, RangeState::Serving, "loaded", ctx);
     }
 }
 
 impl Handler<HandedOff> for RouterActor {
     type Result = ();
 
-    fn handle(&mut self, msg: HandedOff, _: &mut Context<Self>) {
-        self.finish_move(msg.range, RangeState::Draining, RangeState::Drained, "handed_off");
+    fn handle(&mut self, msg: HandedOff, ctx: &mut Context<Self>) {
+        self.finish_move(msg.range, RangeState::Draining, RangeState::Drained, "handed_off", ctx);
     }
 }
 
-impl Handler<CompleteScale> for RouterActor {
-    type Result = Result<StoredView, ScaleInProgress>;
+impl Handler<RangeOnDisk> for RouterActor {
+    type Result = ();
 
-    fn handle(&mut self, _: CompleteScale, _: &mut Context<Self>) -> Self::Result {
-        use RangeState::*;
-        let loading = self.in_state(|s| matches!(s, Loading | Restoring));
-        let draining = self.in_state(|s| s == Draining);
-        if !loading.is_empty() || !draining.is_empty() {
-            return Err(ScaleInProgress { loading, draining });
+    fn handle(&mut self, msg: RangeOnDisk, _: &mut Context<Self>) {
+        let Some(slot) = &mut self.slots[msg.range as usize] else { return };
+        // Another actor for the range (retired and gained again since) is
+        // not what was checkpointed.
+        if slot.addr != msg.addr || slot.on_disk {
+            return;
         }
-        let dropped = self.in_state(|s| s == Drained);
-        for &range in &dropped {
-            if let Some(slot) = self.slots[range as usize].take() {
-                // do_send: a retired actor that misses this only keeps its
-                // memory until the process stops.
-                slot.addr.do_send(Retire);
-            }
-        }
-        if self.stored.state == ClusterState::Scaling {
-            self.stored.state = ClusterState::Stable;
-            self.stored.previous_addresses = None;
-            self.view = ClusterView::new(self.stored.wire());
-        }
-        if !dropped.is_empty() {
-            log::info!("scale complete: dropped {} ranges", dropped.len());
-        }
-        self.publish(dropped);
-        Ok(self.stored.clone())
+        slot.on_disk = true;
+        log::debug!("range {}: complete on disk", msg.range);
+        self.publish(Vec::new());
     }
 }

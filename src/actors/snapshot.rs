@@ -19,11 +19,12 @@ use futures_util::stream::{self, StreamExt};
 
 use crate::actors::RangeActor;
 use crate::clock;
+use crate::layout::{self, manifest_key, segment_key};
 use crate::messages::{
-    AllRestored, CopyEntries, CreateSnapshots, ForceFullSnapshot, Handoff, RecordLocal, SetRanges,
+    AllRestored, CheckpointRange, CopyEntries, CreateSnapshots, ForceFullSnapshot, Handoff, RecordLocal,
     SnapshotReport, TakeSnapshot,
 };
-use crate::restore::{self, manifest_key, segment_key};
+use crate::restore;
 use crate::segment::{self, Manifest, Segment, SegmentKind, SegmentRef};
 use crate::settings::Settings;
 use crate::store::{ObjectStore, StoreError};
@@ -59,16 +60,32 @@ impl SnapshotError {
     }
 }
 
+/// The ranges the snapshot actor works on, as the router last set them.
+/// Shared rather than sent: the router updates it in the same step as it
+/// changes a range's state, so a checkpoint that reads it after rotating
+/// the WAL sees every range that could have written to the older files.
+#[derive(Debug, Default)]
+pub struct RangeSets {
+    /// Serving ranges: these are snapshotted.
+    pub serving: Vec<(u32, Addr<RangeActor>)>,
+    /// Every range with a table: these go into local checkpoints.
+    pub all: Vec<(u32, Addr<RangeActor>)>,
+}
+
+pub type SharedRanges = Arc<std::sync::Mutex<RangeSets>>;
+
+fn read(ranges: &SharedRanges) -> std::sync::MutexGuard<'_, RangeSets> {
+    // Written whole under the lock, so a panic elsewhere cannot leave it half set.
+    ranges.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What a run needs, cloned into its future.
 #[derive(Clone)]
 struct Job {
     node_id: u32,
     total_hash_ranges: u32,
     store: ObjectStore,
-    /// Serving ranges: these are snapshotted.
-    ranges: Vec<(u32, Addr<RangeActor>)>,
-    /// Every range with a table: these go into local checkpoints.
-    all: Vec<(u32, Addr<RangeActor>)>,
+    ranges: SharedRanges,
     /// One lock per range: a range's manifest is read and rewritten by one
     /// task at a time (a snapshot or a handoff), while different ranges
     /// proceed in parallel.
@@ -92,15 +109,19 @@ pub struct SnapshotActor {
 }
 
 impl SnapshotActor {
-    /// Works on no range until told by [`SetRanges`].
-    pub fn new(settings: &Settings, store: ObjectStore, last_snapshot: Arc<AtomicU64>) -> Self {
+    /// Works on the ranges the router sets in `ranges`.
+    pub fn new(
+        settings: &Settings,
+        store: ObjectStore,
+        ranges: SharedRanges,
+        last_snapshot: Arc<AtomicU64>,
+    ) -> Self {
         SnapshotActor {
             job: Job {
                 node_id: settings.node_id,
                 total_hash_ranges: settings.total_hash_ranges,
                 store,
-                ranges: Vec::new(),
-                all: Vec::new(),
+                ranges,
                 locks: Arc::new((0..settings.total_hash_ranges).map(|_| Default::default()).collect()),
             },
             data_dir: settings.data_dir.clone(),
@@ -177,15 +198,6 @@ impl Handler<AllRestored> for SnapshotActor {
     }
 }
 
-impl Handler<SetRanges> for SnapshotActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SetRanges, _: &mut Context<Self>) {
-        self.job.ranges = msg.serving;
-        self.job.all = msg.all;
-    }
-}
-
 impl Handler<RecordLocal> for SnapshotActor {
     type Result = ();
 
@@ -219,6 +231,19 @@ impl Handler<Handoff> for SnapshotActor {
     }
 }
 
+impl Handler<CheckpointRange> for SnapshotActor {
+    /// Atomic: never interleaved with a full checkpoint, so an older copy
+    /// of the range never lands over this one.
+    type Result = AtomicResponse<Self, Result<(), SnapshotError>>;
+
+    fn handle(&mut self, msg: CheckpointRange, _: &mut Context<Self>) -> Self::Result {
+        let (data_dir, total) = (self.data_dir.clone(), self.job.total_hash_ranges);
+        AtomicResponse::new(Box::pin(
+            async move { checkpoint_range(&data_dir, total, msg.range, &msg.addr).await }.into_actor(self),
+        ))
+    }
+}
+
 impl Handler<CreateSnapshots> for SnapshotActor {
     type Result = AtomicResponse<Self, Result<SnapshotReport, SnapshotError>>;
 
@@ -229,7 +254,7 @@ impl Handler<CreateSnapshots> for SnapshotActor {
         AtomicResponse::new(Box::pin(
             async move {
                 if !ready {
-                    let first = job.ranges.first().map_or(0, |(r, _)| *r);
+                    let first = read(&job.ranges).serving.first().map_or(0, |(r, _)| *r);
                     return Err(SnapshotError::NotReady(first));
                 }
                 snapshot_all(job, msg.full).await
@@ -249,7 +274,8 @@ async fn snapshot_all(job: Job, full: bool) -> Result<SnapshotReport, SnapshotEr
     // failing store; those already started run to the end, because a range
     // whose entries were taken must learn whether they were written.
     let failed = Arc::new(AtomicBool::new(false));
-    let results: Vec<Option<Result<(u64, u64), SnapshotError>>> = stream::iter(job.ranges.clone())
+    let serving = read(&job.ranges).serving.clone();
+    let results: Vec<Option<Result<(u64, u64), SnapshotError>>> = stream::iter(serving)
         .map(|(range, addr)| {
             let (job, failed) = (job.clone(), failed.clone());
             async move {
@@ -315,12 +341,12 @@ async fn snapshot_range(
 async fn handoff(job: &Job, msg: Handoff) -> Result<(), SnapshotError> {
     let range = msg.range;
     let _exclusive = job.locks[range as usize].lock().await;
-    let manifest = match restore::read_manifest(&job.store, range, job.total_hash_ranges).await {
+    let manifest = match layout::read_manifest(&job.store, range, job.total_hash_ranges).await {
         Ok(m) => m,
         Err(restore::RestoreError::Store(source)) => return Err(SnapshotError::Store { range, source }),
         Err(e) => return Err(SnapshotError::Internal(e.to_string())),
     };
-    if manifest.and_then(|m| m.handoff).is_some_and(|h| h.epoch >= msg.epoch) {
+    if layout::handed_off(manifest.as_ref(), &msg.cluster_id, msg.epoch) {
         return Ok(());
     }
     let now = clock::now_secs();
@@ -330,7 +356,8 @@ async fn handoff(job: &Job, msg: Handoff) -> Result<(), SnapshotError> {
         .await
         .map_err(|e| SnapshotError::Internal(format!("range {range} did not answer: {e}")))?
         .map_err(|_| SnapshotError::NotReady(range))?;
-    let mark = segment::Handoff { epoch: msg.epoch, node_id: job.node_id };
+    let mark =
+        segment::Handoff { epoch: msg.epoch, node_id: job.node_id, cluster_id: msg.cluster_id.clone() };
     let result = write_segment(job, range, data.kind, data.entries, now, Some(mark)).await;
     if result.is_err() {
         let _ = msg.addr.send(ForceFullSnapshot).await;
@@ -352,7 +379,7 @@ async fn write_segment(
     handoff: Option<segment::Handoff>,
 ) -> Result<(u64, u64, usize), SnapshotError> {
     let store_err = |source| SnapshotError::Store { range, source };
-    let manifest = match restore::read_manifest(&job.store, range, job.total_hash_ranges).await {
+    let manifest = match layout::read_manifest(&job.store, range, job.total_hash_ranges).await {
         Ok(m) => m.unwrap_or_else(|| Manifest::empty(range, job.total_hash_ranges)),
         Err(restore::RestoreError::Store(e)) => return Err(store_err(e)),
         Err(e) => return Err(SnapshotError::Internal(e.to_string())),
@@ -392,10 +419,9 @@ async fn write_segment(
         next.handoff = handoff;
     }
     if let Err(e) = job.store.put(&manifest_key(range), next.encode()).await {
-        if let Some((key, _)) = &written {
-            // The segment is named by no manifest: remove it, best effort.
-            let _ = job.store.delete(key).await;
-        }
+        // The segment stays: an error does not prove the manifest was not
+        // stored (a store may apply a write and lose its answer), and a
+        // stored manifest names it. An unnamed segment only costs space.
         return Err(store_err(e));
     }
     for old in superseded {
@@ -406,6 +432,28 @@ async fn write_segment(
     Ok((count, written.map_or(0, |(_, size)| size), next.segments.len()))
 }
 
+/// Copies one range's entries and writes them as its local checkpoint.
+async fn checkpoint_range(
+    data_dir: &std::path::Path,
+    total_hash_ranges: u32,
+    range: u32,
+    addr: &Addr<RangeActor>,
+) -> Result<(), SnapshotError> {
+    let now = clock::now_secs();
+    let entries = addr
+        .send(CopyEntries { now })
+        .await
+        .map_err(|e| SnapshotError::Internal(format!("range {range} did not answer: {e}")))?
+        .map_err(|_| SnapshotError::NotReady(range))?;
+    let segment =
+        Segment { range, total_hash_ranges, kind: SegmentKind::Full, created: u64::from(now), entries };
+    let dir = data_dir.to_path_buf();
+    crate::background::run(move || restore::write_checkpoint(&dir, &segment))
+        .await
+        .map_err(SnapshotError::Internal)?
+        .map_err(|e| SnapshotError::Internal(e.to_string()))
+}
+
 /// Writes a full local checkpoint of every range, then drops the WAL files
 /// it covers. Returns the number of ranges written.
 async fn checkpoint(job: Job, data_dir: PathBuf, wal: Wal) -> Result<usize, String> {
@@ -413,28 +461,13 @@ async fn checkpoint(job: Job, data_dir: PathBuf, wal: Wal) -> Result<usize, Stri
     // appended, so the copies taken after this point contain it; every
     // record from `seq` on goes to a file the truncation keeps.
     let seq = wal.rotate();
-    for (range, addr) in &job.all {
-        let now = clock::now_secs();
-        let entries = addr
-            .send(CopyEntries { now })
-            .await
-            .map_err(|e| format!("range {range} did not answer: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let segment = Segment {
-            range: *range,
-            total_hash_ranges: job.total_hash_ranges,
-            kind: SegmentKind::Full,
-            created: u64::from(now),
-            entries,
-        };
-        let dir = data_dir.clone();
-        crate::background::run(move || restore::write_checkpoint(&dir, &segment))
-            .await?
-            .map_err(|e| e.to_string())?;
+    let all = read(&job.ranges).all.clone();
+    for (range, addr) in &all {
+        checkpoint_range(&data_dir, job.total_hash_ranges, *range, addr).await.map_err(|e| e.to_string())?;
     }
     tokio::task::spawn_blocking(move || wal.truncate_below(seq))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    Ok(job.all.len())
+    Ok(all.len())
 }

@@ -60,6 +60,16 @@ fn main() -> ExitCode {
         })
         .init();
     log::info!("settings: {settings:?}");
+    // A panic is a bug. A node that lost a range actor or the router to one
+    // would stay up answering 500 for that range; stopping whole instead
+    // lets its supervisor restart it, and the WAL brings back every
+    // acknowledged key.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        log::error!("panic: {info}; stopping the node (a restart recovers every acknowledged key)");
+        std::process::abort();
+    }));
     match actix_web::rt::System::new().block_on(keydb::server::run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(StartError::Config(e)) => {

@@ -1,13 +1,16 @@
 //! `/scale` and `/scaleComplete`: the view changes of API.md. The new view
 //! is written to the object store (`cluster.json`) before this node adopts
-//! it, so that a node restarting mid-scale finds it there.
+//! it, so that a node restarting mid-scale finds it there, and every other
+//! node adopts it by itself when it next reads the view. A scale completes
+//! only once the object store shows every moved range handed off by its
+//! old owner and loaded by its new one, whichever node is asked.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::messages::{AdoptView, CompleteScale, GetStoredView};
-use crate::server::VIEW_KEY;
+use crate::layout::{self, VIEW_KEY};
+use crate::messages::{AdoptView, GetStoredView};
 use crate::settings::valid_address_list;
 use crate::view::{ClusterState, StoredView};
 
@@ -15,6 +18,10 @@ use crate::view::{ClusterState, StoredView};
 #[serde(deny_unknown_fields)]
 struct ScaleBody {
     addresses: Vec<String>,
+    /// The epoch the caller saw: if the cluster has moved on since, the
+    /// request is refused instead of acting on a stale picture.
+    #[serde(default)]
+    expected_epoch: Option<u64>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -39,9 +46,17 @@ async fn current_view(state: &AppState) -> Result<StoredView, ApiError> {
     };
     if let Some(bytes) = stored {
         let stored = StoredView::decode(&bytes).map_err(|e| internal(format!("{VIEW_KEY}: {e}")))?;
-        if stored.epoch > current.epoch && stored.total_hash_ranges == current.total_hash_ranges {
+        if stored.supersedes(&current) {
             state.router.send(AdoptView { view: stored.clone() }).await.map_err(internal)?;
             current = stored;
+        } else if stored.cluster_id != current.cluster_id {
+            return Err(ApiError::Conflict {
+                code: "stale_view",
+                message: format!(
+                    "{VIEW_KEY} names cluster {:?}, this node belongs to {:?}",
+                    stored.cluster_id, current.cluster_id
+                ),
+            });
         }
     }
     Ok(current)
@@ -52,6 +67,7 @@ pub async fn scale(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
     let body: ScaleBody =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     let next = body.addresses;
+    let expected_epoch = body.expected_epoch;
     if !valid_address_list(&next) {
         return Err(ApiError::BadRequest("addresses must be a non-empty list of distinct host:port".into()));
     }
@@ -63,6 +79,15 @@ pub async fn scale(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
             next.len(),
             current.total_hash_ranges
         )));
+    }
+    if let Some(expected) = expected_epoch.filter(|&e| e != current.epoch) {
+        return Err(ApiError::Conflict {
+            code: "stale_view",
+            message: format!(
+                "the cluster is at epoch {}, not {expected}: read /info and decide again",
+                current.epoch
+            ),
+        });
     }
     if current.addresses == next {
         return Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": current.epoch})));
@@ -86,6 +111,7 @@ pub async fn scale(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
         total_hash_ranges: current.total_hash_ranges,
         state: ClusterState::Scaling,
         previous_addresses: Some(current.addresses.clone()),
+        cluster_id: current.cluster_id.clone(),
     };
     // unwrap: a view always serializes.
     if let Err(e) = state.store.put(VIEW_KEY, serde_json::to_vec_pretty(&view).unwrap()).await {
@@ -98,23 +124,34 @@ pub async fn scale(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
 /// `POST /scaleComplete`.
 pub async fn scale_complete(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let _guard = state.scale_lock.lock().await;
-    current_view(&state).await?;
-    let stable = match state.router.send(CompleteScale).await.map_err(internal)? {
-        Ok(view) => view,
-        Err(in_progress) => {
-            return Err(ApiError::Conflict { code: "scale_in_progress", message: in_progress.to_string() })
-        }
-    };
-    // The first node to complete records it; the others find it done.
-    let stored: Option<StoredView> = match state.store.get(VIEW_KEY).await {
-        Ok(bytes) => bytes.and_then(|b| StoredView::decode(&b).ok()),
-        Err(e) => return Err(store_unavailable(&state, e).await),
-    };
-    if stored.is_some_and(|s| s.epoch == stable.epoch && s.state == ClusterState::Scaling) {
-        // unwrap: a view always serializes.
-        if let Err(e) = state.store.put(VIEW_KEY, serde_json::to_vec_pretty(&stable).unwrap()).await {
-            return Err(store_unavailable(&state, e).await);
-        }
+    let current = current_view(&state).await?;
+    if current.state == ClusterState::Stable {
+        return Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": current.epoch})));
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": stable.epoch})))
+    let moving = match layout::still_moving(&state.store, &current).await {
+        Ok(moving) => moving,
+        Err(crate::restore::RestoreError::Store(e)) => return Err(store_unavailable(&state, e).await),
+        Err(e) => return Err(internal(e)),
+    };
+    if !moving.is_empty() {
+        let shown: Vec<String> = moving.iter().take(16).map(|(r, why)| format!("{r} ({why})")).collect();
+        return Err(ApiError::Conflict {
+            code: "scale_in_progress",
+            message: format!(
+                "epoch {}: {} of {} moved ranges are still moving: {}{}",
+                current.epoch,
+                moving.len(),
+                current.moved_ranges().len(),
+                shown.join(", "),
+                if moving.len() > shown.len() { ", ..." } else { "" }
+            ),
+        });
+    }
+    let stable = StoredView { state: ClusterState::Stable, previous_addresses: None, ..current };
+    // unwrap: a view always serializes.
+    if let Err(e) = state.store.put(VIEW_KEY, serde_json::to_vec_pretty(&stable).unwrap()).await {
+        return Err(store_unavailable(&state, e).await);
+    }
+    let epoch = state.router.send(AdoptView { view: stable }).await.map_err(internal)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": epoch})))
 }

@@ -25,6 +25,10 @@ pub enum ApiError {
     /// The request conflicts with the cluster's state (e.g. a scale in progress).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// Some keys of the request may have been stored, or not: a claim must
+    /// not be retried blindly.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -39,6 +43,7 @@ impl ApiError {
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { code, .. } => code,
+            ApiError::OutcomeUnknown(_) => "outcome_unknown",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -52,6 +57,7 @@ impl From<RouteError> for ApiError {
             RouteError::Unavailable { view, retry_after_secs, .. } => {
                 ApiError::Unavailable { message, view, retry_after_secs }
             }
+            RouteError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(message),
             RouteError::Internal(_) => ApiError::Internal(message),
         }
     }
@@ -80,13 +86,15 @@ impl ResponseError for ApiError {
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::OutcomeUnknown(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Internal(m) = self {
-            log::error!("internal error: {m}");
+        match self {
+            ApiError::Internal(m) => log::error!("internal error: {m}"),
+            ApiError::OutcomeUnknown(m) => log::error!("request outcome unknown: {m}"),
+            _ => {}
         }
         let cluster = match self {
             ApiError::WrongNode { view, .. } | ApiError::Unavailable { view, .. } => Some(view),

@@ -12,7 +12,7 @@ pub use range::{
     RangeOp, RangeStats, RangeStatsReply, RangeUnavailable, Restore, Retire, SnapshotData, TakeSnapshot,
 };
 pub use router::{
-    AdoptView, CompleteScale, GetInfo, GetStoredView, HandedOff, RangeLoaded, RangesRestored, Route,
-    RouteKind, Routed, ScaleInProgress,
+    AdoptView, GetInfo, GetStoredView, HandedOff, RangeLoaded, RangeOnDisk, RangesRestored, Route, RouteKind,
+    Routed,
 };
-pub use snapshot::{AllRestored, CreateSnapshots, Handoff, RecordLocal, SetRanges, SnapshotReport};
+pub use snapshot::{AllRestored, CheckpointRange, CreateSnapshots, Handoff, RecordLocal, SnapshotReport};

@@ -30,11 +30,13 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
-    pub fn at(self, now: u32) -> RangeOp {
+    /// The operation with its expiry counted from `base`, the request's
+    /// time rounded up to a whole second ([`crate::clock::ttl_base_secs`]).
+    pub fn at(self, base: u32) -> RangeOp {
         match self {
             RouteKind::Get => RangeOp::Get,
-            RouteKind::Put { ttl_seconds } => RangeOp::Put { expiry: now.saturating_add(ttl_seconds) },
-            RouteKind::Claim { ttl_seconds } => RangeOp::Claim { expiry: now.saturating_add(ttl_seconds) },
+            RouteKind::Put { ttl_seconds } => RangeOp::Put { expiry: base.saturating_add(ttl_seconds) },
+            RouteKind::Claim { ttl_seconds } => RangeOp::Claim { expiry: base.saturating_add(ttl_seconds) },
         }
     }
 }
@@ -51,11 +53,14 @@ pub struct Routed {
 pub struct GetInfo;
 
 /// These ranges are restored and serve from now on; `wal` is the log their
-/// writes go to.
+/// writes go to. `on_disk`: they were rebuilt from this disk alone, which
+/// `local.json` listed as holding them completely; otherwise they are not
+/// complete on disk until a checkpoint of them is written.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RangesRestored {
     pub ranges: Vec<u32>,
+    pub on_disk: bool,
     pub wal: Wal,
 }
 
@@ -65,8 +70,12 @@ impl std::fmt::Debug for RangesRestored {
     }
 }
 
-/// Adopt `view` if its epoch is newer: start loading gained ranges, drain
-/// lost ones. Reply: the epoch the router holds afterwards.
+/// Adopt `view` if it supersedes the router's ([`StoredView::supersedes`]):
+/// start loading gained ranges, drain lost ones, and once the view is
+/// stable drop the ranges handed off. Reply: the epoch the router holds
+/// afterwards.
+///
+/// [`StoredView::supersedes`]: crate::view::StoredView::supersedes
 #[derive(Debug, Message)]
 #[rtype(result = "u64")]
 pub struct AdoptView {
@@ -92,15 +101,12 @@ pub struct HandedOff {
     pub range: u32,
 }
 
-/// `scaleComplete`: drop drained ranges and return to `stable`.
-/// Reply: the stable view, or the ranges still loading or draining.
+/// A checkpoint of the range, copied after it was fully restored or
+/// loaded, is on this disk: the disk alone now rebuilds it.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<crate::view::StoredView, ScaleInProgress>")]
-pub struct CompleteScale;
-
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("scale in progress on this node: ranges loading {loading:?}, draining {draining:?}")]
-pub struct ScaleInProgress {
-    pub loading: Vec<u32>,
-    pub draining: Vec<u32>,
+#[rtype(result = "()")]
+pub struct RangeOnDisk {
+    pub range: u32,
+    /// The actor that was checkpointed.
+    pub addr: actix::Addr<crate::actors::RangeActor>,
 }

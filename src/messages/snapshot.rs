@@ -37,15 +37,6 @@ impl std::fmt::Debug for AllRestored {
     }
 }
 
-/// The ranges the snapshot actor works on: `serving` ones get snapshots,
-/// all with a table (`all`) go into local checkpoints.
-#[derive(Debug, actix::Message)]
-#[rtype(result = "()")]
-pub struct SetRanges {
-    pub serving: Vec<(u32, actix::Addr<crate::actors::RangeActor>)>,
-    pub all: Vec<(u32, actix::Addr<crate::actors::RangeActor>)>,
-}
-
 /// Write a lost range's last segment with the handoff mark for `epoch`
 /// (nothing if the mark is already there). Reply once it is durable.
 #[derive(Debug, actix::Message)]
@@ -54,6 +45,17 @@ pub struct Handoff {
     pub range: u32,
     pub addr: actix::Addr<crate::actors::RangeActor>,
     pub epoch: u64,
+    pub cluster_id: String,
+}
+
+/// Write a local checkpoint of one range now (a range restored from the
+/// object store or loaded in a scale, so that the disk alone rebuilds
+/// it). Reply once the checkpoint is durable.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "Result<(), crate::actors::SnapshotError>")]
+pub struct CheckpointRange {
+    pub range: u32,
+    pub addr: actix::Addr<crate::actors::RangeActor>,
 }
 
 /// Record in `local.json` the ranges whose complete state is on this disk,
