@@ -517,6 +517,11 @@ impl Client {
     ) -> Result<(StatusCode, Bytes), Failure> {
         let uri = format!("http://{address}{path}");
         let mut builder = Request::builder().method(method).uri(&uri);
+        let epoch = self.view().epoch;
+        if epoch > 0 {
+            // A node with an older view re-reads it instead of serving.
+            builder = builder.header(crate::http::EPOCH_HEADER, epoch);
+        }
         if let Some((content_type, _)) = &body {
             builder = builder.header(hyper::header::CONTENT_TYPE, *content_type);
         }

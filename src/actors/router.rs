@@ -102,6 +102,9 @@ pub struct RouterActor {
     /// Ranges gained before the WAL was open; they start loading with it.
     gained_early: Vec<u32>,
     next_arbiter: usize,
+    /// A re-read of `cluster.json` asked for by a client with a newer view
+    /// is under way.
+    refreshing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RouterActor {
@@ -119,7 +122,16 @@ impl RouterActor {
                 Some(Slot { addr, state: RangeState::Restoring, after_restore, on_disk: false });
         }
         let view = ClusterView::new(stored.wire());
-        RouterActor { deps, stored, view, slots: table, wal: None, gained_early: Vec::new(), next_arbiter: 0 }
+        RouterActor {
+            deps,
+            stored,
+            view,
+            slots: table,
+            wal: None,
+            gained_early: Vec::new(),
+            next_arbiter: 0,
+            refreshing: Arc::default(),
+        }
     }
 
     fn in_state(&self, pred: impl Fn(RangeState) -> bool) -> Vec<u32> {
@@ -228,6 +240,24 @@ impl RouterActor {
         });
     }
 
+    /// Re-reads `cluster.json` and adopts it if it is newer (one read at a time).
+    fn refresh_view(&self, ctx: &mut Context<Self>) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (store, router, flag) = (self.deps.store.clone(), ctx.address(), self.refreshing.clone());
+        actix::spawn(async move {
+            match crate::layout::read_view(&store).await {
+                Ok(Some(view)) => {
+                    let _ = router.send(AdoptView { view }).await;
+                }
+                Ok(None) => log::error!("cluster.json is gone from {}", store.describe()),
+                Err(e) => log::warn!("cannot re-read the cluster view: {e}"),
+            }
+            flag.store(false, Ordering::Release);
+        });
+    }
+
     /// Stops the actors of ranges handed off once the view is stable and
     /// they are no longer this node's; returns them.
     fn retire_drained(&mut self) -> Vec<u32> {
@@ -331,7 +361,17 @@ impl Actor for RouterActor {
 impl Handler<Route> for RouterActor {
     type Result = ResponseFuture<Result<Routed, RouteError>>;
 
-    fn handle(&mut self, msg: Route, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Route, ctx: &mut Context<Self>) -> Self::Result {
+        if msg.client_epoch > self.stored.epoch {
+            // The client has seen a newer view than this node: this node may
+            // no longer own what it is asked for. Catch up before serving.
+            self.refresh_view(ctx);
+            let err = self.unavailable(format!(
+                "this node's view (epoch {}) is older than the client's (epoch {}); re-reading the cluster view",
+                self.stored.epoch, msg.client_epoch
+            ));
+            return Box::pin(async move { Err(err) });
+        }
         let now = clock::now_secs();
         let op = msg.kind.at(clock::ttl_base_secs().max(now));
         if !matches!(op, RangeOp::Get) {

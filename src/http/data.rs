@@ -9,6 +9,9 @@ use super::{ApiError, AppState};
 use crate::messages::{Route, RouteKind};
 use crate::wire::{self, BinaryResponse, ClaimResponse, DataRequest, GetResponse, PutResponse};
 
+/// The request header naming the epoch of the view the client routed with.
+pub const EPOCH_HEADER: &str = "keydb-epoch";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
     Json,
@@ -88,6 +91,12 @@ async fn serve(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let format = format_of(&req)?;
+    let client_epoch = match req.headers().get(EPOCH_HEADER) {
+        None => 0,
+        Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
+            ApiError::BadRequest(format!("header {EPOCH_HEADER} must be an epoch (an integer >= 0)"))
+        })?,
+    };
     let bytes = read_body(&req, body, state.max_body_bytes).await?;
     let with_ttl = op != Op::Get;
     let decoded = match format {
@@ -108,7 +117,7 @@ async fn serve(
     };
     let routed = state
         .router
-        .send(Route { kind, fingerprints })
+        .send(Route { kind, fingerprints, client_epoch })
         .await
         .map_err(|e| ApiError::Internal(format!("router did not answer: {e}")))??;
     let response = match format {

@@ -12,6 +12,7 @@ use actix_web::web;
 
 use crate::actors::{RouterActor, SnapshotActor};
 
+pub use data::EPOCH_HEADER;
 pub use error::ApiError;
 
 /// What every handler shares; built once, before the server starts.

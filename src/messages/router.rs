@@ -18,6 +18,9 @@ use super::RangeOp;
 pub struct Route {
     pub kind: RouteKind,
     pub fingerprints: Vec<Fingerprint>,
+    /// The epoch of the view the client routed with (`KeyDB-Epoch`), 0 if
+    /// it sent none. A node behind it re-reads the view before serving.
+    pub client_epoch: u64,
 }
 
 /// Which data route; TTLs are turned into expiries by the router, which
