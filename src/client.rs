@@ -245,7 +245,11 @@ impl Client {
         let address_of = |i: usize| if i < old.len() { old[i].clone() } else { addresses[i].clone() };
         let mut order: Vec<usize> = (0..count).filter(|i| losers.contains(&(*i as u32))).collect();
         order.extend((0..count).filter(|i| !losers.contains(&(*i as u32))));
-        let body = serde_json::json!({ "addresses": addresses }).to_string();
+        // The epoch this scale starts from: a node that has moved on since
+        // (another operator scaled) refuses instead of acting on it.
+        let expected_epoch = Some(self.view().epoch).filter(|&e| e > 0);
+        let body =
+            serde_json::json!({ "addresses": addresses, "expected_epoch": expected_epoch }).to_string();
         let mut epoch = 0;
         for i in order {
             let reply =

@@ -80,17 +80,19 @@ pub async fn scale(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
             current.total_hash_ranges
         )));
     }
+    if current.addresses == next {
+        // This scale is under way or done already (e.g. another node was
+        // told first): nothing to change.
+        return Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": current.epoch})));
+    }
     if let Some(expected) = expected_epoch.filter(|&e| e != current.epoch) {
         return Err(ApiError::Conflict {
             code: "stale_view",
             message: format!(
-                "the cluster is at epoch {}, not {expected}: read /info and decide again",
-                current.epoch
+                "the cluster is at epoch {} with {:?}, not at epoch {expected}: read /info and decide again",
+                current.epoch, current.addresses
             ),
         });
-    }
-    if current.addresses == next {
-        return Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": current.epoch})));
     }
     if current.state == ClusterState::Scaling {
         return Err(ApiError::Conflict {
