@@ -248,13 +248,19 @@ fn message_of(line: &str) -> &str {
     line
 }
 
+/// The messages of `log` after its settings dump (which names every
+/// setting, the data folder too).
+fn messages(log: &str) -> Vec<&str> {
+    log.lines().map(message_of).filter(|m| !m.starts_with("settings:")).collect()
+}
+
 /// The messages of `log` that mention `folder`.
 fn lines_naming(log: &str, folder: &Path) -> String {
     let plain = folder.to_str().unwrap().to_string();
     let canonical =
         folder.canonicalize().ok().and_then(|p| p.to_str().map(String::from)).unwrap_or(plain.clone());
-    log.lines()
-        .map(message_of)
+    messages(log)
+        .into_iter()
         .filter(|m| m.contains(&plain) || m.contains(&canonical))
         .collect::<Vec<_>>()
         .join("\n")
@@ -574,10 +580,9 @@ fn seq03_early_scale_complete_is_refused_and_loses_nothing() {
         assert_present(&c, &h.acked, "after the scale").await;
         assert_claimed(&c, &h.claimed, "after the scale").await;
     });
-    for addr in &all {
-        let i = info(addr);
-        assert_eq!((i["epoch"].as_u64(), i["state"].as_str()), (Some(epoch), Some("stable")), "{addr}: {i}");
-    }
+    let views: Vec<Value> = all.iter().map(|a| info(a)).map(|i| json!([i["epoch"], i["state"]])).collect();
+    assert!(views.iter().all(|v| v == &views[0]), "the nodes disagree after the scale: {views:?}");
+    assert!(views[0][0].as_u64() >= Some(epoch) && views[0][1] == "stable", "{views:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -678,9 +683,10 @@ fn seq04b_restart_with_unreachable_store_serves_no_range_it_lost() {
         || match try_post(&all[0], "/get", &json!({"keys": [probe]})) {
             Some((421, _)) => true,
             Some((200, body)) => panic!(
-                "store back: node 0 serves range {} that node 1 owns: {body} (its view: {})",
+                "store back: node 0 serves range {} that node 1 owns: {body} (its view: epoch {}, {})",
                 range_of(probe),
-                info(&all[0])
+                info(&all[0])["epoch"],
+                info(&all[0])["addresses"]
             ),
             _ => false,
         },
@@ -761,14 +767,15 @@ fn seq05_concurrent_scales_one_wins() {
     // A /scale made against a view that is not the node's current one is
     // refused and changes nothing.
     let before = std::fs::read(objects.path().join("cluster.json")).unwrap();
-    for stale in [epoch - 1, epoch + 5] {
+    let current = epoch_of(a);
+    for stale in [current - 1, current + 5] {
         let (status, body) =
             common::post_json(a, "/scale", &json!({"addresses": [a], "expected_epoch": stale}));
-        assert_eq!(status, 409, "expected_epoch {stale} against epoch {epoch}: {body}");
+        assert_eq!(status, 409, "expected_epoch {stale} against epoch {current}: {body}");
         assert_eq!(code(&body), "stale_view", "{body}");
     }
     let i = info(a);
-    assert_eq!((i["epoch"].as_u64(), &i["addresses"]), (Some(epoch), &json!(winner)), "{i}");
+    assert_eq!((i["epoch"].as_u64(), &i["addresses"]), (Some(current), &json!(winner)), "{i}");
     assert_eq!(std::fs::read(objects.path().join("cluster.json")).unwrap(), before, "cluster.json changed");
 }
 
@@ -860,14 +867,19 @@ fn seq07_ambiguous_manifest_write_loses_nothing() {
     node.kill9();
     std::fs::remove_dir_all(node.data_dir()).unwrap();
     node.relaunch();
-    wait_until(
-        &format!(
-            "the node to restore every range from the store alone after an ambiguous manifest write:\n{}",
-            node.log().lines().filter(|l| l.contains("ERROR")).take(3).collect::<Vec<_>>().join("\n")
-        ),
-        Duration::from_secs(30),
-        || status_of(&node.addr, "/readyz") == Some(200),
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_of(&node.addr, "/readyz") != Some(200) {
+        if Instant::now() > deadline {
+            let log = node.log();
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).take(3).collect();
+            panic!(
+                "not every range restored from the store 30 s after an ambiguous manifest write ({status}: \
+                 {body}):\n{}",
+                errors.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_node_has(&node, &base, "snapshotted before the ambiguous write");
     if status == 200 {
         assert_node_has(&node, &more, "in the snapshot that answered 200");
@@ -1206,7 +1218,7 @@ fn seq12_second_node_on_a_used_folder_exits() {
     assert!(!naming.is_empty(), "the output does not name the folder {}:\n{log}", folder.display());
     let pid = a.child.id();
     assert!(
-        has_number(&log, u64::from(pid)),
+        has_number(&messages(&log).join("\n"), u64::from(pid)),
         "the output does not name the pid {pid} of the node using it:\n{log}"
     );
     drop(b);
