@@ -81,7 +81,31 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     // Held until this function returns, i.e. for the life of the node.
     let _lock = datadir::lock(&settings.data_dir).map_err(StartError::Config)?;
     let identity = Identity::read(&settings.data_dir).map_err(StartError::Config)?;
-    let view = resolve_view(&store, &settings, identity.as_ref()).await?;
+    // Alive but serving nothing until the view is read, and stoppable.
+    let reason = Arc::new(Mutex::new(format!("starting: reading {VIEW_KEY} from {}", store.describe())));
+    let starting = {
+        let reason = reason.clone();
+        HttpServer::new(move || App::new().configure(|cfg| http::configure_starting(cfg, reason.clone())))
+            .workers(1)
+            .disable_signals()
+            .listen(listener.try_clone()?)?
+            .run()
+    };
+    let starting_handle = starting.handle();
+    let starting_task = actix_web::rt::spawn(starting);
+    // Listened for from here on: a signal is never left to its default.
+    let mut signal = Box::pin(signalled());
+    let resolved = tokio::select! {
+        view = resolve_view(&store, &settings, identity.as_ref(), &reason) => Some(view),
+        name = &mut signal => {
+            log::info!("{name} while starting: stopped");
+            None
+        }
+    };
+    starting_handle.stop(false).await;
+    let _ = starting_task.await;
+    let Some(view) = resolved else { return Ok(()) };
+    let view = view?;
     match identity {
         Some(identity) => identity
             .check(&settings.data_dir, settings.node_id, &view.cluster_id)
@@ -168,7 +192,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     .disable_signals()
     .listen(listener)?
     .run();
-    actix_web::rt::spawn(stop_on_signal(server.handle()));
+    actix_web::rt::spawn(stop_on_signal(server.handle(), signal));
     let result = server.await;
     if settings.snapshot_on_shutdown {
         // The ranges and the WAL are still up; nothing writes any more.
@@ -197,21 +221,30 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
 
 /// On SIGTERM or SIGINT: stop accepting, let in-flight requests finish
 /// (up to `shutdown_timeout`), and let `run_on` flush and exit.
-async fn stop_on_signal(server: actix_web::dev::ServerHandle) {
+async fn stop_on_signal(
+    server: actix_web::dev::ServerHandle,
+    signal: std::pin::Pin<Box<impl std::future::Future<Output = &'static str>>>,
+) {
+    let name = signal.await;
+    log::info!("{name}: finishing in-flight requests, then stopping");
+    server.stop(true).await;
+}
+
+/// Resolves with the signal's name at the first SIGTERM or SIGINT (never,
+/// if they cannot be listened for).
+async fn signalled() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(t), Ok(i)) => (t, i),
         (Err(e), _) | (_, Err(e)) => {
             log::error!("cannot listen for SIGTERM/SIGINT ({e}): stop the node with SIGKILL");
-            return;
+            return std::future::pending().await;
         }
     };
-    let name = tokio::select! {
+    tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
-    };
-    log::info!("{name}: finishing in-flight requests, then stopping");
-    server.stop(true).await;
+    }
 }
 
 /// Reads the cluster view from the object store. Only node 0 writes the
@@ -224,8 +257,10 @@ async fn resolve_view(
     store: &ObjectStore,
     settings: &Settings,
     identity: Option<&Identity>,
+    reason: &Mutex<String>,
 ) -> Result<StoredView, StartError> {
     let mut delay = Duration::from_millis(250);
+    let say = |why: String| *reason.lock().unwrap_or_else(|e| e.into_inner()) = why;
     let wire = loop {
         match layout::read_view(store).await {
             Ok(Some(view)) => break view,
@@ -241,11 +276,15 @@ async fn resolve_view(
                     store.describe()
                 )));
             }
-            Ok(None) if settings.node_id != 0 => log::warn!(
-                "no {VIEW_KEY} in {}: waiting for node 0 to bootstrap the cluster (is KEYDB_STORAGE_* this \
-                 cluster's object store?); retrying in {delay:?}",
-                store.describe()
-            ),
+            Ok(None) if settings.node_id != 0 => {
+                let why = format!(
+                    "no {VIEW_KEY} in {}: waiting for node 0 to bootstrap the cluster (is KEYDB_STORAGE_* this \
+                     cluster's object store?)",
+                    store.describe()
+                );
+                log::warn!("{why}; retrying in {delay:?}");
+                say(why);
+            }
             Ok(None) => {
                 let view = bootstrap_view(settings);
                 // unwrap: a view always serializes.
@@ -261,9 +300,10 @@ async fn resolve_view(
                     Err(e) => log::warn!("cannot write the bootstrap view (retrying in {delay:?}): {e}"),
                 }
             }
-            Err(e) => log::warn!(
-                "cannot read the cluster view; serving nothing until it is read (retrying in {delay:?}): {e}"
-            ),
+            Err(e) => {
+                log::warn!("cannot read the cluster view; serving nothing until it is read (retrying in {delay:?}): {e}");
+                say(format!("starting: cannot read the cluster view: {e}"));
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(MAX_VIEW_RETRY_DELAY);

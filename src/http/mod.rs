@@ -57,6 +57,21 @@ where
     }
 }
 
+/// What a node answers before it has read the cluster view: it is alive
+/// (`/healthz` 200), not ready, and serves nothing else (503 with the
+/// reason, so that nobody mistakes a node that cannot yet know what it owns
+/// for one that answers "absent").
+pub fn configure_starting(cfg: &mut web::ServiceConfig, reason: std::sync::Arc<std::sync::Mutex<String>>) {
+    let unavailable = move || {
+        let reason = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        actix_web::HttpResponse::ServiceUnavailable()
+            .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
+            .json(serde_json::json!({"error": {"code": "unavailable", "message": reason}}))
+    };
+    cfg.route("/healthz", web::get().to(ops::healthz))
+        .default_service(web::to(move || std::future::ready(unavailable())));
+}
+
 /// Registers every route of API.md.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/put", web::post().to(data::put))
