@@ -1166,6 +1166,7 @@ fn seq11a_node_on_another_nodes_folder_refuses_to_start() {
     assert_eq!(status.and_then(|s| s.code()), Some(2), "node 0 on node 1's folder: {status:?}\n{log}");
     let naming = lines_naming(&log, &folder);
     assert!(!naming.is_empty(), "the output does not name the folder {}:\n{log}", folder.display());
+    eprintln!("refused with:\n{naming}");
     assert!(
         names_node(&naming, 0) && names_node(&naming, 1),
         "the output does not name both node ids:\n{naming}"
@@ -1244,6 +1245,7 @@ fn seq12_second_node_on_a_used_folder_exits() {
     );
     let naming = lines_naming(&log, &folder);
     assert!(!naming.is_empty(), "the output does not name the folder {}:\n{log}", folder.display());
+    eprintln!("refused with:\n{naming}");
     let pid = a.child.id();
     assert!(
         has_number(&messages(&log).join("\n"), u64::from(pid)),
