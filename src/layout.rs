@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::restore::RestoreError;
 use crate::segment::Manifest;
-use crate::store::ObjectStore;
+use crate::store::{CasOutcome, ObjectStore, StoreError};
 use crate::view::StoredView;
 
 /// The object store key of the authoritative cluster view.
@@ -44,22 +44,53 @@ pub async fn read_view(store: &ObjectStore) -> Result<Option<StoredView>, Restor
         .map_err(|e| RestoreError::Mismatch(format!("{VIEW_KEY} in {} is corrupt: {e}", store.describe())))
 }
 
+/// The cluster view and the version a conditional write of it must name.
+pub async fn read_view_versioned(store: &ObjectStore) -> Result<Option<(StoredView, String)>, RestoreError> {
+    let Some(object) = store.get_versioned(VIEW_KEY).await? else { return Ok(None) };
+    let view = StoredView::decode(&object.data)
+        .map_err(|e| RestoreError::Mismatch(format!("{VIEW_KEY} in {} is corrupt: {e}", store.describe())))?;
+    Ok(Some((view, object.version)))
+}
+
+/// Writes the cluster view only if `cluster.json` is still at `expected`
+/// (`None`: still absent): of two nodes changing the view at once, one wins
+/// and the other learns it ([`CasOutcome::Conflict`]). On a store that
+/// ignores conditional writes this is a read-compare-write, which narrows
+/// the race but does not close it (the node logs so at start).
+pub async fn write_view(
+    store: &ObjectStore,
+    view: &StoredView,
+    expected: Option<&str>,
+) -> Result<CasOutcome, StoreError> {
+    // unwrap: a view always serializes.
+    store.put_if(VIEW_KEY, serde_json::to_vec_pretty(view).unwrap(), expected).await
+}
+
 /// Reads a range's manifest; `None` if the range was never snapshotted.
 pub async fn read_manifest(
     store: &ObjectStore,
     range: u32,
     total_hash_ranges: u32,
 ) -> Result<Option<Manifest>, RestoreError> {
+    Ok(read_manifest_versioned(store, range, total_hash_ranges).await?.map(|(m, _)| m))
+}
+
+/// A range's manifest with the version a conditional write of it must name.
+pub async fn read_manifest_versioned(
+    store: &ObjectStore,
+    range: u32,
+    total_hash_ranges: u32,
+) -> Result<Option<(Manifest, String)>, RestoreError> {
     let key = manifest_key(range);
-    let Some(bytes) = store.get(&key).await? else { return Ok(None) };
-    let manifest = Manifest::decode(&format!("{} {key}", store.describe()), &bytes)?;
+    let Some(object) = store.get_versioned(&key).await? else { return Ok(None) };
+    let manifest = Manifest::decode(&format!("{} {key}", store.describe()), &object.data)?;
     if manifest.range != range || manifest.total_hash_ranges != total_hash_ranges {
         return Err(RestoreError::Mismatch(format!(
             "{key} describes range {} of {}, expected range {range} of {total_hash_ranges}",
             manifest.range, manifest.total_hash_ranges
         )));
     }
-    Ok(Some(manifest))
+    Ok(Some((manifest, object.version)))
 }
 
 /// `loaded.json`: the node that owns a range since `epoch` has merged

@@ -23,7 +23,7 @@ use crate::layout::{self, VIEW_KEY};
 use crate::messages::{AdoptView, AllRestored, CreateSnapshots, RangesRestored, Restore};
 use crate::restore::{self, LocalState};
 use crate::settings::Settings;
-use crate::store::ObjectStore;
+use crate::store::{CasOutcome, ObjectStore};
 use crate::table::RangeTable;
 use crate::view::{ClusterState, StoredView};
 use crate::wal::Wal;
@@ -287,9 +287,10 @@ async fn resolve_view(
             }
             Ok(None) => {
                 let view = bootstrap_view(settings);
-                // unwrap: a view always serializes.
-                match store.put(VIEW_KEY, serde_json::to_vec_pretty(&view).unwrap()).await {
-                    Ok(()) => {
+                match layout::write_view(store, &view, None).await {
+                    // Another process bootstrapped it first: read theirs.
+                    Ok(CasOutcome::Conflict) => continue,
+                    Ok(CasOutcome::Written) => {
                         log::info!(
                             "no cluster view in {}: bootstrapped cluster {} at epoch 1",
                             store.describe(),

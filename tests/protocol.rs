@@ -730,8 +730,8 @@ fn seq04b_restart_with_unreachable_store_serves_no_range_it_lost() {
         assert_eq!(status, 200, "node 0 on its own ranges after the store came back: {body}");
         assert!(common::bools(&body["exists"]).iter().all(|&b| b), "node 0 lost keys of its own ranges");
     }
-    drop(again);
     rt.block_on(async { assert_present(&patient(&all[..1]), &put, "the whole cluster").await });
+    drop(again);
 }
 
 // ---------------------------------------------------------------------------

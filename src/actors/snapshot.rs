@@ -27,7 +27,7 @@ use crate::messages::{
 use crate::restore;
 use crate::segment::{self, Manifest, Segment, SegmentKind, SegmentRef};
 use crate::settings::Settings;
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{CasOutcome, ObjectStore, StoreError};
 use crate::wal::Wal;
 
 /// A chain longer than this gets a full segment next time.
@@ -48,6 +48,8 @@ pub enum SnapshotError {
     Store { range: u32, source: StoreError },
     #[error("range {0} is not restored yet; retry later")]
     NotReady(u32),
+    #[error("the manifest of range {0} was changed by another writer meanwhile; retry later")]
+    Conflict(u32),
     #[error("{0}")]
     Internal(String),
 }
@@ -379,11 +381,13 @@ async fn write_segment(
     handoff: Option<segment::Handoff>,
 ) -> Result<(u64, u64, usize), SnapshotError> {
     let store_err = |source| SnapshotError::Store { range, source };
-    let manifest = match layout::read_manifest(&job.store, range, job.total_hash_ranges).await {
-        Ok(m) => m.unwrap_or_else(|| Manifest::empty(range, job.total_hash_ranges)),
-        Err(restore::RestoreError::Store(e)) => return Err(store_err(e)),
-        Err(e) => return Err(SnapshotError::Internal(e.to_string())),
-    };
+    let (manifest, version) =
+        match layout::read_manifest_versioned(&job.store, range, job.total_hash_ranges).await {
+            Ok(Some((m, version))) => (m, Some(version)),
+            Ok(None) => (Manifest::empty(range, job.total_hash_ranges), None),
+            Err(restore::RestoreError::Store(e)) => return Err(store_err(e)),
+            Err(e) => return Err(SnapshotError::Internal(e.to_string())),
+        };
     let created = u64::from(now);
     let count = entries.len() as u64;
     let mut next = manifest;
@@ -418,11 +422,18 @@ async fn write_segment(
     if handoff.is_some() {
         next.handoff = handoff;
     }
-    if let Err(e) = job.store.put(&manifest_key(range), next.encode()).await {
+    // Conditional on the manifest read above: a node that lost the range
+    // without knowing it cannot overwrite what its new owner wrote since.
+    match job.store.put_if(&manifest_key(range), next.encode(), version.as_deref()).await {
+        Ok(CasOutcome::Written) => {}
+        Ok(CasOutcome::Conflict) => {
+            log::warn!("range {range}: its manifest was changed by another writer meanwhile; not written");
+            return Err(SnapshotError::Conflict(range));
+        }
         // The segment stays: an error does not prove the manifest was not
         // stored (a store may apply a write and lose its answer), and a
         // stored manifest names it. An unnamed segment only costs space.
-        return Err(store_err(e));
+        Err(e) => return Err(store_err(e)),
     }
     for old in superseded {
         if let Err(e) = job.store.delete(&segment_key(range, &old.name)).await {

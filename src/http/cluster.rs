@@ -12,6 +12,7 @@ use super::{ApiError, AppState};
 use crate::layout::{self, VIEW_KEY};
 use crate::messages::{AdoptView, GetStoredView};
 use crate::settings::valid_address_list;
+use crate::store::CasOutcome;
 use crate::view::{ClusterState, StoredView};
 
 #[derive(Debug, Deserialize)]
@@ -37,29 +38,43 @@ async fn store_unavailable(state: &AppState, e: impl std::fmt::Display) -> ApiEr
 }
 
 /// The view in the object store, adopted first if it is newer than ours
-/// (another node took the scale first).
-async fn current_view(state: &AppState) -> Result<StoredView, ApiError> {
+/// (another node took the scale first), with the version of `cluster.json`
+/// that a conditional write must name (`None` if the store holds another
+/// view than the one returned: then nothing may be written on it).
+async fn current_view(state: &AppState) -> Result<(StoredView, Option<String>), ApiError> {
     let mut current = state.router.send(GetStoredView).await.map_err(internal)?;
-    let stored = match state.store.get(VIEW_KEY).await {
-        Ok(bytes) => bytes,
-        Err(e) => return Err(store_unavailable(state, e).await),
+    let stored = match layout::read_view_versioned(&state.store).await {
+        Ok(stored) => stored,
+        Err(crate::restore::RestoreError::Store(e)) => return Err(store_unavailable(state, e).await),
+        Err(e) => return Err(internal(e)),
     };
-    if let Some(bytes) = stored {
-        let stored = StoredView::decode(&bytes).map_err(|e| internal(format!("{VIEW_KEY}: {e}")))?;
-        if stored.supersedes(&current) {
-            state.router.send(AdoptView { view: stored.clone() }).await.map_err(internal)?;
-            current = stored;
-        } else if stored.cluster_id != current.cluster_id {
-            return Err(ApiError::Conflict {
-                code: "stale_view",
-                message: format!(
-                    "{VIEW_KEY} names cluster {:?}, this node belongs to {:?}",
-                    stored.cluster_id, current.cluster_id
-                ),
-            });
-        }
+    let Some((stored, version)) = stored else {
+        return Err(internal(format!("{VIEW_KEY} is gone from {}", state.store.describe())));
+    };
+    if stored.supersedes(&current) {
+        state.router.send(AdoptView { view: stored.clone() }).await.map_err(internal)?;
+        current = stored.clone();
+    } else if stored.cluster_id != current.cluster_id {
+        return Err(ApiError::Conflict {
+            code: "stale_view",
+            message: format!(
+                "{VIEW_KEY} names cluster {:?}, this node belongs to {:?}",
+                stored.cluster_id, current.cluster_id
+            ),
+        });
     }
-    Ok(current)
+    let version = (stored == current).then_some(version);
+    Ok((current, version))
+}
+
+/// The answer when `cluster.json` changed under a view change.
+fn raced() -> ApiError {
+    ApiError::Conflict {
+        code: "stale_view",
+        message: format!(
+            "{VIEW_KEY} was changed by another node at the same time: read /info and decide again"
+        ),
+    }
 }
 
 /// `POST /scale {"addresses": [...]}`.
@@ -72,7 +87,7 @@ pub async fn scale(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
         return Err(ApiError::BadRequest("addresses must be a non-empty list of distinct host:port".into()));
     }
     let _guard = state.scale_lock.lock().await;
-    let current = current_view(&state).await?;
+    let (current, version) = current_view(&state).await?;
     if next.len() > current.total_hash_ranges as usize {
         return Err(ApiError::BadRequest(format!(
             "{} nodes for {} hash ranges: every node needs a range",
@@ -115,9 +130,11 @@ pub async fn scale(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
         previous_addresses: Some(current.addresses.clone()),
         cluster_id: current.cluster_id.clone(),
     };
-    // unwrap: a view always serializes.
-    if let Err(e) = state.store.put(VIEW_KEY, serde_json::to_vec_pretty(&view).unwrap()).await {
-        return Err(store_unavailable(&state, e).await);
+    let Some(version) = version else { return Err(raced()) };
+    match layout::write_view(&state.store, &view, Some(&version)).await {
+        Ok(CasOutcome::Written) => {}
+        Ok(CasOutcome::Conflict) => return Err(raced()),
+        Err(e) => return Err(store_unavailable(&state, e).await),
     }
     let epoch = state.router.send(AdoptView { view }).await.map_err(internal)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": epoch})))
@@ -126,7 +143,7 @@ pub async fn scale(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
 /// `POST /scaleComplete`.
 pub async fn scale_complete(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let _guard = state.scale_lock.lock().await;
-    let current = current_view(&state).await?;
+    let (current, version) = current_view(&state).await?;
     if current.state == ClusterState::Stable {
         return Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": current.epoch})));
     }
@@ -150,9 +167,18 @@ pub async fn scale_complete(state: web::Data<AppState>) -> Result<HttpResponse, 
         });
     }
     let stable = StoredView { state: ClusterState::Stable, previous_addresses: None, ..current };
-    // unwrap: a view always serializes.
-    if let Err(e) = state.store.put(VIEW_KEY, serde_json::to_vec_pretty(&stable).unwrap()).await {
-        return Err(store_unavailable(&state, e).await);
+    let Some(version) = version else { return Err(raced()) };
+    match layout::write_view(&state.store, &stable, Some(&version)).await {
+        Ok(CasOutcome::Written) => {}
+        Ok(CasOutcome::Conflict) => {
+            // Completed by another node meanwhile, or the cluster moved on.
+            let (now, _) = current_view(&state).await?;
+            if now.epoch == stable.epoch && now.state == ClusterState::Stable {
+                return Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": now.epoch})));
+            }
+            return Err(raced());
+        }
+        Err(e) => return Err(store_unavailable(&state, e).await),
     }
     let epoch = state.router.send(AdoptView { view: stable }).await.map_err(internal)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": epoch})))
