@@ -19,16 +19,8 @@ BUCKET=keydb-test
 
 export PATH="$HOME/.cargo/bin:$PATH"
 
-free_port() {
-  # Below the ephemeral range, so that no outgoing connection takes it first.
-  python3 -c 'import random, socket
-while True:
-    p = random.randrange(15000, 20000)
-    try:
-        socket.socket().bind(("127.0.0.1", p)); print(p); break
-    except OSError:
-        pass'
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 install() {
   if command -v garage >/dev/null && garage --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
@@ -92,14 +84,7 @@ ENV
 }
 
 stop() {
-  local dir=$1
-  [ -f "$dir/garage.pid" ] || return 0
-  local pid
-  pid=$(cat "$dir/garage.pid")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$dir/garage.pid"
+  stop_pidfile "$1/garage.pid"
 }
 
 case "${1:-}" in

@@ -22,16 +22,8 @@ BUCKET=keydb-test
 KEY_ID=testing
 SECRET=testing
 
-free_port() {
-  # Below the ephemeral range, so that no outgoing connection takes it first.
-  python3 -c 'import random, socket
-while True:
-    p = random.randrange(15000, 20000)
-    try:
-        socket.socket().bind(("127.0.0.1", p)); print(p); break
-    except OSError:
-        pass'
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 have_moto() {
   python3 -c 'import moto.server, flask, flask_cors, werkzeug' 2>/dev/null
@@ -81,14 +73,7 @@ ENV
 }
 
 stop() {
-  local dir=$1
-  [ -f "$dir/moto.pid" ] || return 0
-  local pid
-  pid=$(cat "$dir/moto.pid")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$dir/moto.pid"
+  stop_pidfile "$1/moto.pid"
 }
 
 case "${1:-}" in

@@ -8,13 +8,13 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::disk::SmallDisk;
 use common::proxy::AmbiguousWriteProxy;
 use common::{garage, keys, refs, wait_until, Node};
 use keydb::assignment::{self, owners};
@@ -920,48 +920,6 @@ fn seq07_ambiguous_manifest_write_loses_nothing() {
 // ---------------------------------------------------------------------------
 // 8. A claim applied but not made durable
 // ---------------------------------------------------------------------------
-
-/// A small tmpfs mounted for one test, unmounted when dropped. Needs root
-/// (or CAP_SYS_ADMIN), as the test machines have.
-struct SmallDisk {
-    path: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(megabytes: u32) -> SmallDisk {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("disk");
-        std::fs::create_dir(&path).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
-            .arg(&path)
-            .output()
-            .expect("cannot run mount");
-        assert!(
-            out.status.success(),
-            "mounting a {megabytes} MiB tmpfs failed (this test needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk { path, _tmp: tmp }
-    }
-
-    /// Writes a file until the disk is full; returns its path.
-    fn fill(&self) -> PathBuf {
-        let filler = self.path.join("filler");
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0xa5u8; 64 << 10];
-        while file.write_all(&chunk).is_ok() {}
-        while file.write_all(&[0; 512]).is_ok() {}
-        filler
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 #[test]
 fn seq08_claim_applied_but_not_durable_is_outcome_unknown() {

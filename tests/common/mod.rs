@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod disk;
 pub mod garage;
 pub mod proxy;
 
