@@ -740,9 +740,33 @@ fn seq04b_restart_with_unreachable_store_serves_no_range_it_lost() {
 
 #[test]
 fn seq05_concurrent_scales_one_wins() {
-    let rt = runtime();
     let objects = tempfile::tempdir().unwrap();
-    let env = fs_env(objects.path());
+    let root = objects.path().to_path_buf();
+    concurrent_scales_one_wins(fs_env(objects.path()), move || {
+        std::fs::read(root.join("cluster.json")).unwrap()
+    });
+}
+
+/// The same on an S3 server that honours conditional writes.
+#[test]
+fn seq05b_concurrent_scales_one_wins_on_moto() {
+    let Some(vars) = common::moto::shared() else { return };
+    let prefix = common::unique_prefix("seq05b");
+    let settings = common::moto::settings(&vars, "MOTO", &prefix);
+    let read = move || {
+        let settings = settings.clone();
+        runtime().block_on(async move {
+            let store = keydb::store::ObjectStore::from_settings(&settings).await.unwrap();
+            store.get("cluster.json").await.unwrap().expect("cluster.json in moto")
+        })
+    };
+    let mut env = common::moto::node_env(&vars, &prefix);
+    env.push(("KEYDB_SNAPSHOT_INTERVAL".into(), "0s".into()));
+    concurrent_scales_one_wins(env, read);
+}
+
+fn concurrent_scales_one_wins(env: Vec<(String, String)>, cluster_json: impl Fn() -> Vec<u8>) {
+    let rt = runtime();
     let all = common::addresses(4);
     let (a, b, c, d) = (&all[0], &all[1], &all[2], &all[3]);
     let ab = vec![a.clone(), b.clone()];
@@ -781,8 +805,7 @@ fn seq05_concurrent_scales_one_wins() {
         ia["epoch"] == ib["epoch"] && ia["addresses"] == ib["addresses"] && ia["addresses"] == json!(winner)
     });
     assert_eq!(epoch_of(a), epoch);
-    let stored: Value =
-        serde_json::from_slice(&std::fs::read(objects.path().join("cluster.json")).unwrap()).unwrap();
+    let stored: Value = serde_json::from_slice(&cluster_json()).unwrap();
     assert_eq!(stored["addresses"], json!(winner), "cluster.json: {stored}");
     assert_eq!(stored["epoch"], epoch, "cluster.json: {stored}");
 
@@ -797,7 +820,7 @@ fn seq05_concurrent_scales_one_wins() {
 
     // A /scale made against a view that is not the node's current one is
     // refused and changes nothing.
-    let before = std::fs::read(objects.path().join("cluster.json")).unwrap();
+    let before = cluster_json();
     let current = epoch_of(a);
     for stale in [current - 1, current + 5] {
         let (status, body) =
@@ -807,7 +830,7 @@ fn seq05_concurrent_scales_one_wins() {
     }
     let i = info(a);
     assert_eq!((i["epoch"].as_u64(), &i["addresses"]), (Some(current), &json!(winner)), "{i}");
-    assert_eq!(std::fs::read(objects.path().join("cluster.json")).unwrap(), before, "cluster.json changed");
+    assert_eq!(cluster_json(), before, "cluster.json changed");
 }
 
 // ---------------------------------------------------------------------------

@@ -28,43 +28,6 @@ fn fs_settings(root: &Path) -> StorageSettings {
     }
 }
 
-/// An S3 store's settings from `<VENDOR>_TEST_ENDPOINT` and friends.
-fn s3_settings(vars: &[(String, String)], vendor: &str, prefix: &str) -> StorageSettings {
-    let get = |k: &str| {
-        let name = format!("{vendor}_TEST_{k}");
-        vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()).unwrap()
-    };
-    StorageSettings {
-        backend: StorageBackend::S3,
-        path: "unused".into(),
-        bucket: Some(get("BUCKET")),
-        region: "us-east-1".into(),
-        access_key_id: Some(get("ACCESS_KEY_ID")),
-        secret_access_key: Some(get("SECRET_ACCESS_KEY")),
-        endpoint: Some(get("ENDPOINT")),
-        prefix: prefix.into(),
-    }
-}
-
-/// The moto server's variables (`MOTO_TEST_*`). Under `CI=true` their
-/// absence fails the test; elsewhere the test is reported and passes
-/// without it (run `./scripts/test.sh` to get moto).
-fn moto() -> Option<Vec<(String, String)>> {
-    let vars: Option<Vec<(String, String)>> =
-        ["MOTO_TEST_ENDPOINT", "MOTO_TEST_BUCKET", "MOTO_TEST_ACCESS_KEY_ID", "MOTO_TEST_SECRET_ACCESS_KEY"]
-            .iter()
-            .map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-            .collect();
-    if vars.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "no moto (MOTO_TEST_*): conditional-write tests must run in CI; use ./scripts/test.sh"
-        );
-        eprintln!("NOTE: moto part not run: no moto (MOTO_TEST_*); use ./scripts/test.sh");
-    }
-    vars
-}
-
 /// Creating an absent object once: the second creator conflicts.
 async fn create_only_once(store: &ObjectStore, key: &str) {
     assert_eq!(store.get_versioned(key).await.unwrap(), None);
@@ -213,9 +176,9 @@ fn wait_for_line(out: &mut impl BufRead, marker: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moto_put_if_is_atomic() {
-    let Some(vars) = moto() else { return };
+    let Some(vars) = common::moto::shared() else { return };
     let prefix = common::unique_prefix("cas");
-    let settings = s3_settings(&vars, "MOTO", &prefix);
+    let settings = common::moto::settings(&vars, "MOTO", &prefix);
     let store = ObjectStore::from_settings(&settings).await.unwrap();
     assert!(store.conditional_writes(), "moto honours conditional puts");
     create_only_once(&store, "cluster.json").await;
@@ -241,7 +204,7 @@ async fn moto_put_if_is_atomic() {
 async fn garage_is_found_not_fenced() {
     let Some(vars) = common::garage::shared() else { return };
     let prefix = common::unique_prefix("cas");
-    let store = ObjectStore::from_settings(&s3_settings(&vars, "S3", &prefix)).await.unwrap();
+    let store = ObjectStore::from_settings(&common::moto::settings(&vars, "S3", &prefix)).await.unwrap();
     assert!(!store.conditional_writes(), "Garage 2.5 ignores If-None-Match; did the probe not see it?");
     create_only_once(&store, "cluster.json").await;
     stale_version_conflicts(&store, "ranges/00003/manifest.json").await;

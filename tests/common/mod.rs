@@ -7,6 +7,7 @@
 
 pub mod disk;
 pub mod garage;
+pub mod moto;
 pub mod proxy;
 
 use std::io::{Read, Write};
