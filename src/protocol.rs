@@ -61,13 +61,15 @@ pub fn admit(state: Option<RangeState>, access: Access) -> Admission {
     }
 }
 
-/// A range held by a node: its state, the state it takes once restored,
-/// and whether the disk alone rebuilds it.
+/// A range held by a node: its state, the state it takes once its restore
+/// or load is done, and whether the disk alone rebuilds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Range {
     pub state: RangeState,
-    /// The state to take once restored: `Serving`, `Loading` or `Draining`.
-    pub after_restore: RangeState,
+    /// While `Restoring`: the state to take once restored (`Serving`,
+    /// `Loading` or `Draining`). While `Loading`: once loaded (`Serving`, or
+    /// `Draining` if the range was lost meanwhile).
+    pub then: RangeState,
     /// The disk alone (local checkpoint + WAL) rebuilds everything this
     /// range has answered for: it was restored from a disk that did, or a
     /// checkpoint of it was copied after it became `Serving`.
@@ -89,9 +91,9 @@ pub enum Next {
 }
 
 impl Range {
-    /// A range being restored, to take `after_restore` once it is.
-    pub fn restoring(after_restore: RangeState) -> Range {
-        Range { state: RangeState::Restoring, after_restore, on_disk: false }
+    /// A range being restored, to take `then` once it is.
+    pub fn restoring(then: RangeState) -> Range {
+        Range { state: RangeState::Restoring, then, on_disk: false }
     }
 
     /// The range's table is restored (`on_disk`: from a disk that
@@ -100,8 +102,13 @@ impl Range {
         if self.state != RangeState::Restoring {
             return Next::Nothing;
         }
-        self.on_disk = on_disk;
-        self.state = self.after_restore;
+        self.state = self.then;
+        // A range that loads next is not complete anywhere yet: whatever
+        // the disk held, the store holds more.
+        self.on_disk = on_disk && self.state != RangeState::Loading;
+        if self.state == RangeState::Loading {
+            self.then = RangeState::Serving;
+        }
         self.entered()
     }
 
@@ -116,12 +123,13 @@ impl Range {
     }
 
     /// The loader has merged everything up to the handoff and written the
-    /// load mark. A report for a range that moved on is ignored.
+    /// load mark: the range serves, or hands off if it was lost meanwhile.
+    /// A report for a range that moved on is ignored.
     pub fn loaded(&mut self) -> Next {
         if self.state != RangeState::Loading {
             return Next::Nothing;
         }
-        self.state = RangeState::Serving;
+        self.state = self.then;
         self.entered()
     }
 
@@ -133,9 +141,13 @@ impl Range {
         Next::Nothing
     }
 
-    /// A checkpoint copied after the range became `Serving` is on disk.
+    /// A checkpoint copied after the range became `Serving` is on disk
+    /// (the caller checks it was copied from this range, not from one it
+    /// replaced).
     pub fn checkpointed(&mut self) {
-        self.on_disk = true;
+        if matches!(self.state, RangeState::Serving | RangeState::Draining | RangeState::Drained) {
+            self.on_disk = true;
+        }
     }
 
     /// Whether `local.json` lists the range (see [`listed_complete`]).
@@ -189,6 +201,17 @@ pub fn at_start(role: Role) -> Option<Range> {
     }
 }
 
+/// Whether `local.json`'s listing holds for a node starting with a view of
+/// `view_epoch`: it was recorded under that epoch. Records are written
+/// after the change they describe, and one can be lost (a full mailbox, a
+/// failed write) with the node stopping before the next: such a listing
+/// may still name a range this node has since let go of and gained back,
+/// which another node took writes for meanwhile. Scales change epochs, so a
+/// listing of the same epoch has seen no range move.
+pub fn listing_holds(recorded_epoch: u64, view_epoch: u64) -> bool {
+    recorded_epoch == view_epoch
+}
+
 /// Where a range's table comes from at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StartFrom {
@@ -213,11 +236,18 @@ pub fn start_from(role: Role, listed: bool) -> StartFrom {
 
 impl StartFrom {
     /// Whether the range's next snapshot must be full (superseding the
-    /// store's chain): the store may lack what its table holds.
+    /// store's chain) because the store may lack what its table holds.
     /// `disk_had_entries`: the disk held some of the range.
+    ///
+    /// Never for a range that loads next: until it has loaded, its table is
+    /// only part of the range, and if the range is lost before (a handoff
+    /// takes the next snapshot) a full segment of it would wipe the rest of
+    /// the chain. Its restored entries are dirty, so an incremental segment
+    /// carries them.
     pub fn first_snapshot_full(self, disk_had_entries: bool) -> bool {
         match self {
-            StartFrom::Disk | StartFrom::DiskThenLoad => true,
+            StartFrom::Disk => true,
+            StartFrom::DiskThenLoad => false,
             StartFrom::StoreAndDisk => disk_had_entries,
         }
     }
@@ -232,28 +262,40 @@ impl StartFrom {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdoptAction {
     Keep,
-    /// Refuse it at once (421) and hand it off.
+    /// Lost while serving: refuse it at once (421) and hand it off.
     BeginDraining,
-    /// Hand it off once it is restored.
-    DrainOnceRestored,
-    /// Hold a new range for it that loads it.
+    /// Lost while restoring or loading: hand it off once that is done
+    /// (a handoff must carry everything this node has of the range).
+    DrainWhenReady,
+    /// Gained: hold a new range (a new table, a new actor) that loads it.
+    /// A range gained back while still held from the scale that took it
+    /// away (draining or drained, the node not having adopted that scale's
+    /// completion yet) is replaced: left as it was it would never load, and
+    /// reports for the old one (its checkpoint) must not count for the new.
     StartLoading,
+    /// Gained back while still restoring from before it was lost: load it
+    /// once restored. Left as it was it would hand off, for the epoch in
+    /// which this node gains it, and never load.
+    LoadOnceRestored,
 }
 
 /// What adopting a newer view does to a range this node holds (`held`) or
 /// not, given the range's role in that view.
 pub fn on_adopt(held: Option<&Range>, role: Role) -> AdoptAction {
+    use RangeState::*;
     match (held.map(|r| r.state), role) {
-        (Some(RangeState::Serving), Role::Lost) => AdoptAction::BeginDraining,
-        (Some(_), Role::Lost) => AdoptAction::DrainOnceRestored,
-        (None, Role::Gained) => AdoptAction::StartLoading,
+        (Some(Serving), Role::Lost) => AdoptAction::BeginDraining,
+        (Some(Restoring | Loading), Role::Lost) => AdoptAction::DrainWhenReady,
+        (None | Some(Draining | Drained), Role::Gained) => AdoptAction::StartLoading,
+        (Some(Restoring), Role::Gained) => AdoptAction::LoadOnceRestored,
         _ => AdoptAction::Keep,
     }
 }
 
 impl Range {
     /// Applies an [`AdoptAction`] other than `StartLoading` (which is a new
-    /// [`Range`]: `at_start(Role::Gained)`, restored at once, without disk).
+    /// [`Range`]: `at_start(Role::Gained)`, restored at once, without disk,
+    /// in place of any held).
     pub fn adopt(&mut self, action: AdoptAction) -> Next {
         match action {
             AdoptAction::Keep | AdoptAction::StartLoading => Next::Nothing,
@@ -261,12 +303,44 @@ impl Range {
                 self.state = RangeState::Draining;
                 Next::Handoff
             }
-            AdoptAction::DrainOnceRestored => {
-                self.after_restore = RangeState::Draining;
+            AdoptAction::DrainWhenReady => {
+                self.then = RangeState::Draining;
+                Next::Nothing
+            }
+            AdoptAction::LoadOnceRestored => {
+                self.then = RangeState::Loading;
                 Next::Nothing
             }
         }
     }
+}
+
+/// Checks what must hold of every range a node holds, against the node's
+/// own view (`owned_now`: it owns the range there; `view_stable`: not
+/// scaling): it serves and loads only what it owns, hands off only what it
+/// does not, drops what it handed off once the scale is complete, and
+/// counts a range complete on disk only once it has answered for it.
+pub fn check_range(range: &Range, owned_now: bool, view_stable: bool) -> Result<(), &'static str> {
+    use RangeState::*;
+    let kept = match range.state {
+        Serving => owned_now,
+        Restoring | Loading => owned_now == (range.then != Draining),
+        Draining => !owned_now,
+        Drained => !owned_now && !view_stable,
+    };
+    if !kept {
+        return Err(match range.state {
+            Serving => "serves a range it does not own",
+            Restoring | Loading if owned_now => "will hand off a range it owns",
+            Restoring | Loading => "will serve a range it does not own",
+            Draining => "hands off a range it owns",
+            Drained => "still holds a range handed off",
+        });
+    }
+    if range.on_disk && matches!(range.state, Restoring | Loading) {
+        return Err("complete on disk before it has answered for the range");
+    }
+    Ok(())
 }
 
 /// Whether a node drops a range it holds: handed off, the view is stable
@@ -379,6 +453,100 @@ mod tests {
         assert_eq!(r.state, Drained);
         assert!(!retire(r.state, false, false));
         assert!(retire(r.state, true, false));
+    }
+
+    // The scenarios below were found by tests/model.rs; each test pins the
+    // decision that closes one.
+
+    #[test]
+    fn a_range_lost_while_restoring_for_a_load_hands_off_without_superseding_the_chain() {
+        // A node restarted mid-scale restores a gained range's disk part,
+        // but a newer view takes the range away before it loads: it hands
+        // off what it has as an incremental segment. A full one (as the
+        // restore used to ask) replaced the chain with that part alone.
+        let mut r = at_start(Role::Gained).unwrap();
+        let action = on_adopt(Some(&r), Role::Lost);
+        assert_eq!(action, AdoptAction::DrainWhenReady);
+        assert_eq!(r.adopt(action), Next::Nothing);
+        assert_eq!(r.restored(false), Next::Handoff);
+        assert_eq!(r.state, Draining);
+        assert!(!StartFrom::DiskThenLoad.first_snapshot_full(true));
+        assert_eq!(check_range(&r, false, false), Ok(()));
+    }
+
+    #[test]
+    fn a_range_lost_while_loading_hands_off_once_loaded() {
+        // Before, it went on to serve a range it no longer owned and never
+        // handed it off, so the new owner never loaded.
+        let mut r = at_start(Role::Gained).unwrap();
+        assert_eq!(r.restored(false), Next::Load);
+        let action = on_adopt(Some(&r), Role::Lost);
+        assert_eq!(action, AdoptAction::DrainWhenReady);
+        r.adopt(action);
+        assert_eq!(check_range(&r, false, false), Ok(()));
+        assert_eq!(r.loaded(), Next::Handoff);
+        assert_eq!(r.state, Draining);
+    }
+
+    #[test]
+    fn a_range_gained_back_while_restoring_loads_instead_of_handing_off() {
+        // A node restarted mid-scale restores a range it is losing; the
+        // next scale gives it back. Before, it handed the range off once
+        // restored, writing the handoff mark of the epoch in which it gains
+        // it: the real previous owner then skipped its last segment, and
+        // this node loaded its own mark and served without those writes.
+        let mut r = at_start(Role::Lost).unwrap();
+        let action = on_adopt(Some(&r), Role::Gained);
+        assert_eq!(action, AdoptAction::LoadOnceRestored);
+        r.adopt(action);
+        assert_eq!(check_range(&r, true, false), Ok(()));
+        assert_eq!(r.restored(true), Next::Load);
+        assert!(!r.on_disk, "the disk lacks what the range gained meanwhile");
+        assert_eq!(r.loaded(), Next::Checkpoint);
+    }
+
+    #[test]
+    fn a_range_gained_back_while_draining_or_drained_is_loaded_anew() {
+        // The node had not adopted the previous scale's completion when the
+        // next one gave the range back. Before, it kept the drained range:
+        // 421 for a range it owns, no load, and scaleComplete refused forever.
+        for state in [Draining, Drained] {
+            let r = Range { state, then: Serving, on_disk: true };
+            assert_eq!(on_adopt(Some(&r), Role::Gained), AdoptAction::StartLoading);
+            assert!(check_range(&r, true, false).is_err());
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_counts_only_for_a_range_that_has_answered() {
+        let mut r = at_start(Role::Gained).unwrap();
+        r.restored(false);
+        r.checkpointed();
+        assert!(!r.on_disk);
+        assert!(check_range(&Range { on_disk: true, ..r }, true, false).is_err());
+    }
+
+    #[test]
+    fn a_listing_holds_only_under_the_epoch_it_was_recorded_in() {
+        // A record lost before a restart left local.json listing a range
+        // the node had drained and since loaded back: started from the disk
+        // alone, it lacked what the other node took meanwhile.
+        assert!(listing_holds(3, 3));
+        assert!(!listing_holds(1, 3));
+        assert!(!listing_holds(0, 1), "records older than the epoch field");
+    }
+
+    #[test]
+    fn check_range_follows_ownership() {
+        let owned = |state, then| check_range(&Range { state, then, on_disk: false }, true, false);
+        let not_owned = |state, then| check_range(&Range { state, then, on_disk: false }, false, false);
+        assert!(owned(Serving, Serving).is_ok() && not_owned(Serving, Serving).is_err());
+        assert!(owned(Loading, Serving).is_ok() && not_owned(Loading, Serving).is_err());
+        assert!(not_owned(Loading, Draining).is_ok() && owned(Loading, Draining).is_err());
+        assert!(not_owned(Draining, Serving).is_ok() && owned(Draining, Serving).is_err());
+        assert!(not_owned(Drained, Serving).is_ok());
+        let stable = check_range(&Range { state: Drained, then: Serving, on_disk: false }, false, true);
+        assert!(stable.is_err(), "dropped once the view is stable");
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
             .write(&settings.data_dir)
             .map_err(StartError::Config)?,
     }
-    let total = view.total_hash_ranges;
+    let (total, epoch) = (view.total_hash_ranges, view.epoch);
     let plan = view.plan_for(settings.node_id);
     log::info!(
         "object store {}; epoch {} ({:?}) with {} nodes; this node keeps {}, gains {} and loses {} of {total} ranges",
@@ -137,6 +137,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     actix_web::rt::spawn(restore_ranges(Restorer {
         data_dir: settings.data_dir.clone(),
         total_hash_ranges: total,
+        epoch,
         store: store.clone(),
         ranges: to_restore,
         router: router.clone(),
@@ -305,6 +306,8 @@ async fn refresh_view(store: ObjectStore, router: Addr<RouterActor>, interval: D
 struct Restorer {
     data_dir: PathBuf,
     total_hash_ranges: u32,
+    /// The epoch of the view the ranges were planned with.
+    epoch: u64,
     store: ObjectStore,
     /// Every range to restore, with its role in the view the node starts
     /// with (a gained range only has its local part restored here; the
@@ -337,7 +340,10 @@ async fn restore_ranges(r: Restorer) {
         match result {
             Ok(Ok((local, state))) => {
                 let complete: BTreeSet<u32> = state
-                    .filter(|s| s.total_hash_ranges == r.total_hash_ranges)
+                    .filter(|s| {
+                        s.total_hash_ranges == r.total_hash_ranges
+                            && protocol::listing_holds(s.epoch, r.epoch)
+                    })
                     .map(|s| s.ranges)
                     .unwrap_or_default();
                 break (local, complete);

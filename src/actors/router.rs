@@ -23,7 +23,7 @@ use crate::messages::{
     AdoptView, CheckpointRange, Gather, GatherError, GetInfo, GetStoredView, HandedOff, Handoff, RangeBatch,
     RangeLoaded, RangeOnDisk, RangeOp, RangeStats, RangesRestored, RecordLocal, Retire, Route, Routed,
 };
-use crate::protocol::{self, Access, Admission, AdoptAction, Next, Range, RangeState, Role};
+use crate::protocol::{self, Access, Admission, AdoptAction, Next, Range, RangeState, Role, StartFrom};
 use crate::store::ObjectStore;
 use crate::table::TableKey;
 use crate::view::{ClusterState, ClusterView, StoredView, ViewWire};
@@ -147,14 +147,31 @@ impl RouterActor {
         let complete: BTreeSet<u32> = (0..self.slots.len() as u32)
             .filter(|&r| self.slots[r as usize].as_ref().is_some_and(|s| s.range.listed_complete()))
             .collect();
+        self.check_ranges();
         // do_send: the snapshot actor's mailbox is only full if it is far
-        // behind; the next change records the whole state again, and a
-        // record lost meanwhile only ever lists fewer ranges than it could.
+        // behind; the next change records the whole state again. A record
+        // lost meanwhile may leave listed a range let go of since, but only
+        // under an older epoch, which a start does not trust.
         self.deps.snapshots.do_send(RecordLocal {
             total_hash_ranges: self.stored.total_hash_ranges,
+            epoch: self.stored.epoch,
             ranges: complete,
             forget,
         });
+    }
+
+    /// Debug builds: every range held passes [`protocol::check_range`].
+    fn check_ranges(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let stable = self.stored.state == ClusterState::Stable;
+        for (r, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            let owned = self.view.owner(r as u32) == self.deps.node_id;
+            let checked = protocol::check_range(&slot.range, owned, stable);
+            debug_assert!(checked.is_ok(), "range {r}: {checked:?} ({:?} in {:?})", slot.range, self.stored);
+        }
     }
 
     fn start_range(&mut self, range: u32) -> Addr<RangeActor> {
@@ -167,7 +184,8 @@ impl RouterActor {
     /// loader that merges the object store's chain into it.
     fn load_gained(&mut self, range: u32, wal: Wal, ctx: &mut Context<Self>) {
         let Some(slot) = &mut self.slots[range as usize] else { return };
-        slot.addr.do_send(crate::messages::Restore { table: Default::default(), wal, force_full: true });
+        let force_full = StartFrom::DiskThenLoad.first_snapshot_full(false);
+        slot.addr.do_send(crate::messages::Restore { table: Default::default(), wal, force_full });
         let next = slot.range.restored(false);
         self.run(range, next, ctx);
     }
@@ -547,6 +565,10 @@ impl Handler<AdoptView> for RouterActor {
             match protocol::on_adopt(held, role) {
                 AdoptAction::Keep => {}
                 AdoptAction::StartLoading => {
+                    if let Some(old) = self.slots[range as usize].take() {
+                        // do_send: see retire_drained.
+                        old.addr.do_send(Retire);
+                    }
                     let addr = self.start_range(range);
                     // unwrap: a gained range always has a starting state.
                     let state = protocol::at_start(Role::Gained).unwrap();
