@@ -491,6 +491,8 @@ impl Handler<GetInfo> for RouterActor {
             ranges_draining: self.in_state(|s| s == Draining),
             keys_count: 0,
             last_snapshot_timestamp: self.deps.last_snapshot.load(Ordering::Relaxed),
+            cluster_id: self.stored.cluster_id.clone(),
+            conditional_writes: self.deps.store.conditional_writes(),
         };
         Box::pin(async move {
             // A range that does not answer counts as empty: /info is advisory.
