@@ -159,3 +159,25 @@ fn local_cluster_starts_serves_and_stops() {
     // Its nodes are gone with it.
     assert_ne!(admin(&["--addresses", &a, "info"], None).0, 0);
 }
+
+/// A scale interrupted after its view was written resumes with the same
+/// `scale --add` (the address is already in the list), not only with the
+/// printed `--to` command.
+#[test]
+fn an_interrupted_scale_add_resumes_with_the_same_command() {
+    let objects = tempfile::tempdir().unwrap();
+    let path = objects.path().to_str().unwrap().to_string();
+    let env = [("KEYDB_STORAGE_PATH", path.as_str()), ("KEYDB_SNAPSHOT_INTERVAL", "0s")];
+    let all = common::addresses(2);
+    let node0 = common::Node::start_member(&all[..1], 0, &env);
+    node0.put(&common::keys("resume", 500), 3600);
+    let _node1 = common::Node::launch_member(&all, 1, &env);
+    // The interruption: the new view reached node 0 only.
+    let (status, body) = common::post_json(&all[0], "/scale", &serde_json::json!({"addresses": all}));
+    assert_eq!(status, 200, "{body}");
+    let (code, out, err) = admin(&["--addresses", &all[0], "scale", "--add", &all[1]], None);
+    assert_eq!(code, 0, "resuming with the same --add: {out}{err}");
+    let (_, info) = node0.get_json("/info");
+    assert_eq!(info["state"], "stable", "{info}");
+    assert_eq!(info["addresses"], serde_json::json!(all), "{info}");
+}

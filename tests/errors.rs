@@ -102,6 +102,14 @@ fn oversized_body_is_413_and_wrong_type_is_415() {
     let r = common::raw_request(&node.addr, &raw).unwrap();
     assert_error(&r, 413, "payload_too_large", "chunked 413");
     still_correct(&node);
+    // The operator routes have the same limit and the same error shape.
+    let many: Vec<String> = (0..1000).map(|i| format!("host-{i}:1")).collect();
+    let big_scale = json!({"addresses": many}).to_string();
+    for path in ["/scale", "/createSnapshots"] {
+        let r = post(&node, path, "application/json", big_scale.as_bytes());
+        assert_error(&r, 413, "payload_too_large", path);
+    }
+    still_correct(&node);
 
     for (what, ct) in
         [("form", "application/x-www-form-urlencoded"), ("text", "text/plain"), ("xml", "application/xml")]

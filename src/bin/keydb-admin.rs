@@ -504,6 +504,36 @@ async fn bench(cli: &Cli, config: BenchConfig) -> Result<()> {
     Ok(())
 }
 
+/// Runs a step again while it fails for a reason that may pass (a node
+/// restarting; with `moving`, ranges still moving), until `deadline`.
+/// Every step of a scale is idempotent, so running one twice is safe.
+async fn retrying<T, F, Fut>(
+    deadline: std::time::Instant,
+    moving: bool,
+    say: &impl Fn(String),
+    mut step: F,
+) -> Result<T, keydb::client::ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, keydb::client::ClientError>>,
+{
+    use keydb::client::ClientError;
+    loop {
+        let error = match step().await {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        let passing = error.is_retryable()
+            || matches!(&error, ClientError::Rejected { status, code, .. }
+                if *status == 503 || (moving && *status == 409 && code == "scale_in_progress"));
+        if !passing || std::time::Instant::now() > deadline {
+            return Err(error);
+        }
+        say(format!("      retrying: {error}"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn scale(
     cli: &Cli,
     to: &[String],
@@ -516,7 +546,9 @@ async fn scale(
     let old = info.addresses.clone();
     let next: Vec<String> = match (to.is_empty(), add.is_empty(), remove) {
         (false, true, None) => to.to_vec(),
-        (true, false, None) => old.iter().chain(add).cloned().collect(),
+        // Addresses already in the list: a scale adding them was started
+        // before (and interrupted); running it again resumes it.
+        (true, false, None) => old.iter().chain(add.iter().filter(|a| !old.contains(a))).cloned().collect(),
         (true, true, Some(n)) if (n as usize) < old.len() => old[..old.len() - n as usize].to_vec(),
         (true, true, Some(n)) => usage(&format!("--remove {n}: the cluster has {} nodes", old.len())),
         _ => usage("give one of --to, --add or --remove"),
@@ -544,15 +576,18 @@ async fn scale(
     let step = |n: u32, what: &str, e: keydb::client::ClientError| {
         anyhow::anyhow!("step {n} ({what}) failed: {e}; the scale is resumable with: {resume}")
     };
+    let deadline = std::time::Instant::now() + timeout;
     say("[1/4] snapshotting every range ahead of the move".into());
-    client.create_snapshots(false).await.map_err(|e| step(1, "createSnapshots", e))?;
+    retrying(deadline, false, &say, || client.create_snapshots(false))
+        .await
+        .map_err(|e| step(1, "createSnapshots", e))?;
     let t_snapshot = started.elapsed();
     say("[2/4] switching to the new view".into());
-    let epoch = client.scale(&next).await.map_err(|e| step(2, "scale", e))?;
+    let epoch =
+        retrying(deadline, false, &say, || client.scale(&next)).await.map_err(|e| step(2, "scale", e))?;
     say(format!("[3/4] waiting for {moved} ranges to be handed off and loaded (epoch {epoch})"));
     let mut everyone: Vec<String> = old.clone();
     everyone.extend(next.iter().filter(|a| !old.contains(a)).cloned());
-    let deadline = std::time::Instant::now() + timeout;
     let mut last_line = String::new();
     loop {
         let (mut loading, mut draining, mut keys) = (0usize, 0usize, 0u64);
@@ -594,7 +629,9 @@ async fn scale(
     let t_moved = started.elapsed();
     say("[4/4] completing".into());
     for address in &everyone {
-        client.scale_complete_at(address).await.map_err(|e| step(4, "scaleComplete", e))?;
+        retrying(deadline, true, &say, || client.scale_complete_at(address))
+            .await
+            .map_err(|e| step(4, "scaleComplete", e))?;
     }
     let total = started.elapsed();
     if cli.json {

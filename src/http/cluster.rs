@@ -79,7 +79,12 @@ fn raced() -> ApiError {
 }
 
 /// `POST /scale {"addresses": [...]}`.
-pub async fn scale(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn scale(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = super::data::read_body(&req, body, state.max_body_bytes).await?;
     let body: ScaleBody =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     let next = body.addresses;

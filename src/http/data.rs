@@ -60,7 +60,7 @@ fn format_of(req: &HttpRequest) -> Result<Format, ApiError> {
 }
 
 /// Reads the whole body, refusing it as soon as it passes `limit`.
-async fn read_body(
+pub(super) async fn read_body(
     req: &HttpRequest,
     mut body: web::Payload,
     limit: usize,

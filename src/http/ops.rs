@@ -70,9 +70,11 @@ struct CreateSnapshotsBody {
 
 /// `POST /createSnapshots`, body optional: `{"full_sync": false}`.
 pub async fn create_snapshots(
+    req: actix_web::HttpRequest,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let body = super::data::read_body(&req, body, state.max_body_bytes).await?;
     let body: CreateSnapshotsBody = if body.iter().all(u8::is_ascii_whitespace) {
         CreateSnapshotsBody::default()
     } else {
