@@ -23,6 +23,7 @@
 //! - [`messages`]: one struct per request between actors.
 //! - [`actors`]: `RangeActor` (one per range) and `RouterActor`.
 //! - [`http`]: the actix-web API and its error mapping.
+//! - [`testing`]: guarantees broken on purpose by tests (debug builds only).
 //! - [`server`]: starts the actors and the HTTP server for a [`settings::Settings`].
 
 pub mod actors;
@@ -44,6 +45,7 @@ pub mod server;
 pub mod settings;
 pub mod store;
 pub mod table;
+pub mod testing;
 pub mod view;
 pub mod wal;
 pub mod wire;

@@ -433,7 +433,8 @@ async fn restore_ranges(r: Restorer) {
                 let table = restore_from_store(&store, range, r.total_hash_ranges, table).await;
                 let _ = addr.send(Restore { table, wal: wal.clone(), force_full: on_disk }).await;
                 // Not complete on disk until its first checkpoint is written.
-                let _ = router.send(RangesRestored { ranges: vec![range], on_disk: false, wal }).await;
+                let on_disk = crate::testing::broken(crate::testing::Break::ListLoadedComplete);
+                let _ = router.send(RangesRestored { ranges: vec![range], on_disk, wal }).await;
             }
         })
         .await;

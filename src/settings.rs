@@ -143,11 +143,12 @@ pub const KEYS: &[&str] = &[
 
 /// `KEYDB_*` variables that are not node settings and are left alone:
 /// `KEYDB_CONFIG` names the file, `KEYDB_ADDRESSES` is read by the CLI, and
-/// debug builds (the tests' binaries) take `KEYDB_TEST_PANIC_KEY`.
+/// debug builds (the tests' binaries) take `KEYDB_TEST_PANIC_KEY` and
+/// `KEYDB_TEST_BREAK` (see [`crate::testing`]).
 #[cfg(not(debug_assertions))]
 const NOT_SETTINGS: &[&str] = &["config", "addresses"];
 #[cfg(debug_assertions)]
-const NOT_SETTINGS: &[&str] = &["config", "addresses", "test_panic_key"];
+const NOT_SETTINGS: &[&str] = &["config", "addresses", "test_panic_key", "test_break"];
 
 impl Settings {
     /// Reads the layers from this process's environment.

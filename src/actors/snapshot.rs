@@ -360,6 +360,11 @@ async fn handoff(job: &Job, msg: Handoff) -> Result<(), SnapshotError> {
         .map_err(|_| SnapshotError::NotReady(range))?;
     let mark =
         segment::Handoff { epoch: msg.epoch, node_id: job.node_id, cluster_id: msg.cluster_id.clone() };
+    let mut data = data;
+    if crate::testing::broken(crate::testing::Break::SkipHandoffSegment) {
+        data.entries.clear();
+        data.kind = SegmentKind::Incremental;
+    }
     let result = write_segment(job, range, data.kind, data.entries, now, Some(mark)).await;
     if result.is_err() {
         let _ = msg.addr.send(ForceFullSnapshot).await;
