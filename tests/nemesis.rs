@@ -293,9 +293,12 @@ enum Step {
     Pause {
         ms: u64,
     },
+    /// `kill -9`; with `burst_ms`, while a burst of puts to that node
+    /// has run for that long.
     Kill9 {
         slot: usize,
         down_ms: u64,
+        burst_ms: Option<u64>,
     },
     Term {
         slot: usize,
@@ -369,7 +372,11 @@ fn draw(rng: &mut Rng, n: usize, s3: bool) -> Step {
     };
     loop {
         return match rng.below(16) {
-            0 | 1 => Step::Kill9 { slot, down_ms: rng.range(0, 1500) },
+            0 | 1 => Step::Kill9 {
+                slot,
+                down_ms: rng.range(0, 1500),
+                burst_ms: if rng.chance(50) { Some(rng.range(100, 800)) } else { None },
+            },
             2 => Step::Term { slot, down_ms: rng.range(0, 1000) },
             3 => Step::Wipe { slot, down_ms: rng.range(0, 1000) },
             4 => Step::KillAfterRestore { slot },
@@ -783,6 +790,7 @@ struct Harness {
     notes: Vec<String>,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
+    ctx: Option<Arc<ClientCtx>>,
     rt: tokio::runtime::Runtime,
     threads: Vec<std::thread::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -855,6 +863,7 @@ impl Harness {
             notes: Vec::new(),
             shared: Arc::default(),
             stop: Arc::new(AtomicBool::new(false)),
+            ctx: None,
             rt,
             threads: Vec::new(),
             tasks: Vec::new(),
@@ -937,6 +946,7 @@ impl Harness {
             seed: self.seed,
             pool: Arc::new(pool),
         });
+        self.ctx = Some(ctx.clone());
         let seeds = self.cur.clone();
         let _guard = self.rt.enter();
         for w in 0..2 {
@@ -962,15 +972,26 @@ impl Harness {
     }
 
     fn run_step(&mut self, step: &Step) {
-        self.say(&format!("{}", serde_json::to_string(step).unwrap()));
+        self.say(&serde_json::to_string(step).unwrap());
         self.schedule.push(json!({"at_ms": self.clock.ms(), "step": step}));
         if !matches!(step, Step::Pause { .. }) {
             *self.faults.entry(step.name()).or_default() += 1;
         }
         match *step {
             Step::Pause { ms } => std::thread::sleep(Duration::from_millis(ms)),
-            Step::Kill9 { slot, down_ms } => {
+            Step::Kill9 { slot, down_ms, burst_ms } => {
+                let burst = burst_ms.map(|ms| {
+                    let b = self.burst(slot);
+                    std::thread::sleep(Duration::from_millis(ms));
+                    b
+                });
                 self.procs[slot].kill9();
+                if let Some((stop, threads)) = burst {
+                    stop.store(true, Ordering::Relaxed);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                }
                 std::thread::sleep(Duration::from_millis(down_ms));
             }
             Step::Term { slot, down_ms } => {
@@ -1030,6 +1051,35 @@ impl Harness {
             Step::DoubleScale => self.double_scale(),
         }
         self.ensure_running();
+    }
+
+    /// Three raw writers putting big batches of keys that the node in
+    /// `slot` owns, until the returned flag is set: a crash then hits
+    /// writes in flight, and acknowledged ones just before it.
+    fn burst(&self, slot: usize) -> (Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = self.ctx.clone().expect("the load runs");
+        let owner = owners(RANGES, self.cur.len() as u32);
+        let addr = self.slots[slot].clone();
+        let threads = (0..3)
+            .map(|t| {
+                let (stop, ctx, owner, addr) = (stop.clone(), ctx.clone(), owner.clone(), addr.clone());
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let keys: Vec<String> = (0..)
+                            .map(|i| format!("burst-{}-{slot}-{t}-{n}-{i}", ctx.seed))
+                            .filter(|k| owner[range_of(k) as usize] as usize == slot)
+                            .take(500)
+                            .collect();
+                        n += 1;
+                        raw_op(&ctx, "burst", &addr, Kind::Put, keys, LONG_TTL, None);
+                    }
+                })
+            })
+            .collect();
+        (stop, threads)
     }
 
     fn store_down(&self) -> bool {
@@ -1630,17 +1680,26 @@ fn random_schedule_on_s3_with_a_faulty_proxy() {
 // The harness catches known bugs (KEYDB_TEST_BREAK, debug builds)
 // ---------------------------------------------------------------------------
 
+/// Runs `steps` twice with one seed: without the switch the history must
+/// be clean (so what is caught comes from the switch), with it on every
+/// node the checker must report a violation.
 fn must_catch(label: &str, switch: &'static str, steps: Vec<Step>) {
     let seed = seeds(1)[0];
-    let plan = Plan {
+    let plan = |break_switch| Plan {
         label: label.into(),
         seed,
         s3: false,
-        break_switch: Some(switch),
-        steps: Some(steps),
+        break_switch,
+        steps: Some(steps.clone()),
         seconds: 0,
     };
-    let result = run(plan).unwrap();
+    let control = run(plan(None)).unwrap();
+    assert!(
+        control.violations.is_empty(),
+        "without KEYDB_TEST_BREAK the schedule must be clean (seed {seed}): {:?}",
+        &control.violations[..control.violations.len().min(5)]
+    );
+    let result = run(plan(Some(switch))).unwrap();
     eprintln!(
         "KEYDB_TEST_BREAK={switch}, seed {seed}: {} violations{}",
         result.violations.len(),
@@ -1657,7 +1716,7 @@ fn catches_acknowledging_before_the_wal() {
     let mut steps = Vec::new();
     for slot in [0, 1, 2, 0, 1, 2] {
         steps.push(Step::Pause { ms: 800 });
-        steps.push(Step::Kill9 { slot, down_ms: 200 });
+        steps.push(Step::Kill9 { slot, down_ms: 200, burst_ms: Some(500) });
     }
     must_catch("catches_acknowledging_before_the_wal", "ack_before_wal", steps);
 }
