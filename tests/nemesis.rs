@@ -31,7 +31,7 @@
 //! - `KEYDB_NEMESIS_SEED=<seed>` replays one schedule (printed by every run;
 //!   a failing run saves its schedule, history and node logs under
 //!   `target/nemesis/<seed>/`).
-//! - `KEYDB_NEMESIS_SECONDS` (default 15): nemesis time per schedule;
+//! - `KEYDB_NEMESIS_SECONDS` (default 25): nemesis time per schedule;
 //!   `KEYDB_NEMESIS_SCHEDULES` (default 3): schedules on the folder store.
 //!   E.g. `KEYDB_NEMESIS_SECONDS=120 KEYDB_NEMESIS_SCHEDULES=20 cargo test
 //!   --release --test nemesis random_schedules_on_the_folder_store`.
@@ -1641,7 +1641,7 @@ fn assert_clean(results: Vec<(u64, RunResult)>, label: &str) {
 
 #[test]
 fn random_schedules_on_the_folder_store() {
-    let seconds = env_u64("KEYDB_NEMESIS_SECONDS", 15);
+    let seconds = env_u64("KEYDB_NEMESIS_SECONDS", 25);
     let mut results = Vec::new();
     for seed in seeds(env_u64("KEYDB_NEMESIS_SCHEDULES", 3)) {
         let plan = Plan {
@@ -1659,7 +1659,7 @@ fn random_schedules_on_the_folder_store() {
 
 #[test]
 fn random_schedule_on_s3_with_a_faulty_proxy() {
-    let seconds = env_u64("KEYDB_NEMESIS_SECONDS", 15);
+    let seconds = env_u64("KEYDB_NEMESIS_SECONDS", 25);
     let mut results = Vec::new();
     for seed in seeds(1) {
         let plan = Plan {
