@@ -342,6 +342,8 @@ enum Step {
         one_node_first: bool,
         early_complete: bool,
         kill_slot: Option<usize>,
+        /// A node (old or new) whose data dir is wiped mid-scale.
+        wipe_slot: Option<usize>,
     },
     DoubleScale,
 }
@@ -400,13 +402,17 @@ fn draw(rng: &mut Rng, n: usize, s3: bool) -> Step {
                 after_ms: rng.range(100, 2000),
                 kill_slot: maybe_slot(rng),
             },
-            12 | 13 => Step::ScaleRaw {
-                to: target(rng),
-                gap_ms: rng.range(0, 1500),
-                one_node_first: rng.chance(50),
-                early_complete: rng.chance(50),
-                kill_slot: maybe_slot(rng),
-            },
+            12 | 13 => {
+                let to = target(rng);
+                Step::ScaleRaw {
+                    to,
+                    gap_ms: rng.range(0, 1500),
+                    one_node_first: rng.chance(50),
+                    early_complete: rng.chance(50),
+                    kill_slot: maybe_slot(rng),
+                    wipe_slot: if rng.chance(25) { Some(rng.below(n.max(to) as u64) as usize) } else { None },
+                }
+            }
             14 if !s3 && n + 2 <= SLOTS => Step::DoubleScale,
             _ => continue,
         };
@@ -1052,8 +1058,8 @@ impl Harness {
             Step::ScaleAdminKilled { to, after_ms, kill_slot } => {
                 self.scale_admin(to, Some(after_ms), kill_slot)
             }
-            Step::ScaleRaw { to, gap_ms, one_node_first, early_complete, kill_slot } => {
-                self.scale_raw(to, gap_ms, one_node_first, early_complete, kill_slot)
+            Step::ScaleRaw { to, gap_ms, one_node_first, early_complete, kill_slot, wipe_slot } => {
+                self.scale_raw(to, gap_ms, one_node_first, early_complete, kill_slot, wipe_slot)
             }
             Step::DoubleScale => self.double_scale(),
         }
@@ -1253,6 +1259,7 @@ impl Harness {
         one_node_first: bool,
         early_complete: bool,
         kill_slot: Option<usize>,
+        wipe_slot: Option<usize>,
     ) {
         let from = self.cur.len();
         let next = self.prepare_scale(to);
@@ -1289,6 +1296,11 @@ impl Harness {
         }
         if let Some(s) = kill_slot.filter(|&s| s < everyone.len()) {
             self.procs[s].kill9();
+            let list = if s < from { self.cur.clone() } else { next.clone() };
+            self.start_proc(s, &list);
+        }
+        if let Some(s) = wipe_slot.filter(|&s| s < everyone.len()) {
+            self.wipe(s);
             let list = if s < from { self.cur.clone() } else { next.clone() };
             self.start_proc(s, &list);
         }
@@ -1732,9 +1744,23 @@ fn catches_acknowledging_before_the_wal() {
 fn catches_a_handoff_without_its_last_segment() {
     let steps = vec![
         Step::Pause { ms: 1000 },
-        Step::ScaleRaw { to: 4, gap_ms: 1500, one_node_first: false, early_complete: false, kill_slot: None },
+        Step::ScaleRaw {
+            to: 4,
+            gap_ms: 1500,
+            one_node_first: false,
+            early_complete: false,
+            kill_slot: None,
+            wipe_slot: None,
+        },
         Step::Pause { ms: 1000 },
-        Step::ScaleRaw { to: 2, gap_ms: 1500, one_node_first: false, early_complete: false, kill_slot: None },
+        Step::ScaleRaw {
+            to: 2,
+            gap_ms: 1500,
+            one_node_first: false,
+            early_complete: false,
+            kill_slot: None,
+            wipe_slot: None,
+        },
     ];
     must_catch("catches_a_handoff_without_its_last_segment", "skip_handoff_segment", steps);
 }
