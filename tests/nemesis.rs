@@ -344,6 +344,8 @@ enum Step {
         kill_slot: Option<usize>,
         /// A node (old or new) whose data dir is wiped mid-scale.
         wipe_slot: Option<usize>,
+        /// The store unreachable for this long once `/scale` is accepted.
+        outage_ms: Option<u64>,
     },
     DoubleScale,
 }
@@ -411,6 +413,7 @@ fn draw(rng: &mut Rng, n: usize, s3: bool) -> Step {
                     early_complete: rng.chance(50),
                     kill_slot: maybe_slot(rng),
                     wipe_slot: if rng.chance(25) { Some(rng.below(n.max(to) as u64) as usize) } else { None },
+                    outage_ms: if rng.chance(25) { Some(rng.range(500, 3000)) } else { None },
                 }
             }
             14 if !s3 && n + 2 <= SLOTS => Step::DoubleScale,
@@ -1058,9 +1061,7 @@ impl Harness {
             Step::ScaleAdminKilled { to, after_ms, kill_slot } => {
                 self.scale_admin(to, Some(after_ms), kill_slot)
             }
-            Step::ScaleRaw { to, gap_ms, one_node_first, early_complete, kill_slot, wipe_slot } => {
-                self.scale_raw(to, gap_ms, one_node_first, early_complete, kill_slot, wipe_slot)
-            }
+            Step::ScaleRaw { .. } => self.scale_raw(step),
             Step::DoubleScale => self.double_scale(),
         }
         self.ensure_running();
@@ -1252,15 +1253,13 @@ impl Harness {
         }
     }
 
-    fn scale_raw(
-        &mut self,
-        to: usize,
-        gap_ms: u64,
-        one_node_first: bool,
-        early_complete: bool,
-        kill_slot: Option<usize>,
-        wipe_slot: Option<usize>,
-    ) {
+    /// A scale through the raw calls, as [`Step::ScaleRaw`] says.
+    fn scale_raw(&mut self, step: &Step) {
+        let Step::ScaleRaw { to, gap_ms, one_node_first, early_complete, kill_slot, wipe_slot, outage_ms } =
+            *step
+        else {
+            unreachable!("scale_raw runs only Step::ScaleRaw");
+        };
         let from = self.cur.len();
         let next = self.prepare_scale(to);
         self.snapshot_all();
@@ -1293,6 +1292,11 @@ impl Harness {
         }
         if one_node_first {
             std::thread::sleep(Duration::from_millis(self.rng.range(200, 1500)));
+        }
+        if let Some(ms) = outage_ms {
+            self.store_away(true);
+            std::thread::sleep(Duration::from_millis(ms));
+            self.store_away(false);
         }
         if let Some(s) = kill_slot.filter(|&s| s < everyone.len()) {
             self.procs[s].kill9();
@@ -1751,6 +1755,7 @@ fn catches_a_handoff_without_its_last_segment() {
             early_complete: false,
             kill_slot: None,
             wipe_slot: None,
+            outage_ms: None,
         },
         Step::Pause { ms: 1000 },
         Step::ScaleRaw {
@@ -1760,6 +1765,7 @@ fn catches_a_handoff_without_its_last_segment() {
             early_complete: false,
             kill_slot: None,
             wipe_slot: None,
+            outage_ms: None,
         },
     ];
     must_catch("catches_a_handoff_without_its_last_segment", "skip_handoff_segment", steps);
