@@ -1194,6 +1194,7 @@ impl Harness {
     }
 
     fn scale_admin(&mut self, to: usize, kill_after: Option<u64>, kill_slot: Option<usize>) {
+        self.wait_ready_all(Duration::from_secs(30));
         let from = self.cur.len();
         let next = self.prepare_scale(to);
         self.layout(vec![from, to]);
@@ -1232,14 +1233,41 @@ impl Harness {
             let mut words: Vec<String> = command.split_whitespace().skip(1).map(String::from).collect();
             words.extend(["--timeout".to_string(), "60s".to_string()]);
             self.ensure_running_for(&next);
+            self.wait_ready_all(Duration::from_secs(30));
             (ok, stderr) = self.admin(&words, None);
         }
         if ok {
             self.finish_scale(next);
         } else {
             self.problem(format!("scale {from} -> {to} through keydb-admin did not complete: {stderr}"));
-            self.cur = next;
+            self.cur = self.actual_view().unwrap_or(next);
         }
+    }
+
+    /// Waits (bounded) until every node of the view is ready, as an
+    /// operator would before a scale; false if one is not in time.
+    fn wait_ready_all(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.cur.iter().all(|a| status(a, "/readyz") == Some(200)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The view the store holds, as the first node that answers tells it:
+    /// after a failed scale the nemesis adopts it.
+    fn actual_view(&self) -> Option<Vec<String>> {
+        let all = &self.slots;
+        all.iter()
+            .filter_map(|a| info(a))
+            .max_by_key(|i| i["epoch"].as_u64().unwrap_or(0))
+            .and_then(|i| serde_json::from_value::<Vec<String>>(i["addresses"].clone()).ok())
+            .filter(|list| !list.is_empty() && all.starts_with(list))
     }
 
     /// Every node of `list` runs (for a scale in progress, old and new).
@@ -1255,6 +1283,7 @@ impl Harness {
 
     /// A scale through the raw calls, as [`Step::ScaleRaw`] says.
     fn scale_raw(&mut self, step: &Step) {
+        self.wait_ready_all(Duration::from_secs(30));
         let Step::ScaleRaw { to, gap_ms, one_node_first, early_complete, kill_slot, wipe_slot, outage_ms } =
             *step
         else {
@@ -1272,7 +1301,15 @@ impl Harness {
             None => json!({"addresses": next}),
         };
         let first = self.rng.below(everyone.len() as u64) as usize;
-        let answer = post(&everyone[first], "/scale", &body, Duration::from_secs(30));
+        // A node still starting answers 503 (or nothing): ask again a little.
+        let mut answer = None;
+        for _ in 0..50 {
+            answer = post(&everyone[first], "/scale", &body, Duration::from_secs(30));
+            if !matches!(answer, None | Some((503, _))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         match &answer {
             Some((200, _)) => {}
             other => {
@@ -1329,7 +1366,7 @@ impl Harness {
             self.finish_scale(next);
         } else {
             self.problem(format!("raw scale {from} -> {to}: /scaleComplete not 200 within 90 s"));
-            self.cur = next;
+            self.cur = self.actual_view().unwrap_or(next);
         }
     }
 
@@ -1356,6 +1393,7 @@ impl Harness {
     /// `/scale` with two different lists sent to two nodes at once: one
     /// must win, the other be refused.
     fn double_scale(&mut self) {
+        self.wait_ready_all(Duration::from_secs(30));
         let from = self.cur.len();
         let a = self.slots[..from + 1].to_vec();
         let b = self.slots[..from + 2].to_vec();
