@@ -16,6 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::Marks;
 use crate::restore::RestoreError;
 use crate::segment::Manifest;
 use crate::store::{CasOutcome, ObjectStore, StoreError};
@@ -121,23 +122,18 @@ pub fn handed_off(manifest: Option<&Manifest>, cluster_id: &str, epoch: u64) -> 
     manifest.and_then(|m| m.handoff.as_ref()).is_some_and(|h| h.cluster_id == cluster_id && h.epoch >= epoch)
 }
 
-/// The moved ranges of a scaling `view` that the store does not yet show
-/// as both handed off and loaded, each with what it still lacks.
-pub async fn still_moving(
-    store: &ObjectStore,
-    view: &StoredView,
-) -> Result<Vec<(u32, &'static str)>, RestoreError> {
-    let mut moving = Vec::new();
+/// The handoff and load marks of this cluster that the store holds for
+/// each moved range of a scaling `view` (what [`protocol::may_complete`]
+/// decides on).
+///
+/// [`protocol::may_complete`]: crate::protocol::may_complete
+pub async fn scale_marks(store: &ObjectStore, view: &StoredView) -> Result<Vec<Marks>, RestoreError> {
+    let mut marks = Vec::new();
     for range in view.moved_ranges() {
         let manifest = read_manifest(store, range, view.total_hash_ranges).await?;
-        if !handed_off(manifest.as_ref(), &view.cluster_id, view.epoch) {
-            moving.push((range, "not handed off"));
-            continue;
-        }
-        let loaded = read_load_mark(store, range).await?;
-        if !loaded.is_some_and(|m| m.cluster_id == view.cluster_id && m.epoch >= view.epoch) {
-            moving.push((range, "not loaded"));
-        }
+        let handoff = manifest.and_then(|m| m.handoff).filter(|h| h.cluster_id == view.cluster_id);
+        let loaded = read_load_mark(store, range).await?.filter(|m| m.cluster_id == view.cluster_id);
+        marks.push(Marks { range, handed_off: handoff.map(|h| h.epoch), loaded: loaded.map(|m| m.epoch) });
     }
-    Ok(moving)
+    Ok(marks)
 }

@@ -7,6 +7,7 @@
 //! - [`view`]: the cluster view (epoch, addresses, owners).
 //! - [`store`]: object store backends (`fs`, `s3`).
 //! - [`layout`]: every object KeyDB keeps in the store, and the scale's marks.
+//! - [`protocol`]: what a node decides about each range it holds (serve, restore, load, drain, retire).
 //! - [`datadir`]: the data folder's lock and identity (cluster and node).
 //! - [`table`]: one range's keys and expiries, with the incremental sweep.
 //! - [`bench`]: the load generator behind `keydb-admin bench`.
@@ -39,6 +40,7 @@ pub mod layout;
 pub mod memory;
 pub mod messages;
 pub mod metrics;
+pub mod protocol;
 pub mod restore;
 pub mod segment;
 pub mod server;

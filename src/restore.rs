@@ -56,6 +56,11 @@ fn checkpoint_path(data_dir: &Path, range: u32) -> PathBuf {
 pub struct LocalState {
     pub total_hash_ranges: u32,
     pub ranges: BTreeSet<u32>,
+    /// The epoch of the view the node held when it recorded this; a start
+    /// under another epoch does not trust the listing
+    /// ([`crate::protocol::listing_holds`]). 0 in records older than it.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl LocalState {

@@ -15,12 +15,13 @@ use actix::{Actor, Addr, Arbiter};
 use actix_web::{web, App, HttpServer};
 use futures_util::stream::{self, StreamExt};
 
-use crate::actors::{RangeActor, RangeState, RouterActor, RouterDeps, SharedRanges, SnapshotActor};
+use crate::actors::{RangeActor, RouterActor, RouterDeps, SharedRanges, SnapshotActor};
 use crate::clock;
 use crate::datadir::{self, Identity};
 use crate::http::{self, AppState};
 use crate::layout::{self, VIEW_KEY};
 use crate::messages::{AdoptView, AllRestored, CreateSnapshots, RangesRestored, Restore};
+use crate::protocol::{self, Role, StartFrom};
 use crate::restore::{self, LocalState};
 use crate::settings::Settings;
 use crate::store::{CasOutcome, ObjectStore};
@@ -114,7 +115,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
             .write(&settings.data_dir)
             .map_err(StartError::Config)?,
     }
-    let total = view.total_hash_ranges;
+    let (total, epoch) = (view.total_hash_ranges, view.epoch);
     let plan = view.plan_for(settings.node_id);
     log::info!(
         "object store {}; epoch {} ({:?}) with {} nodes; this node keeps {}, gains {} and loses {} of {total} ranges",
@@ -131,16 +132,14 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     // Kept alive for the life of the server; each runs range actors.
     let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
     let mut slots = Vec::new();
-    let targets = [
-        (&plan.kept, RangeState::Serving),
-        (&plan.gained, RangeState::Loading),
-        (&plan.lost, RangeState::Draining),
-    ];
-    for (ranges, target) in targets {
+    let mut to_restore = Vec::new();
+    for (ranges, role) in [(&plan.kept, Role::Kept), (&plan.gained, Role::Gained), (&plan.lost, Role::Lost)] {
         for &range in ranges {
+            let Some(state) = protocol::at_start(role) else { continue };
             let arbiter = &arbiters[slots.len() % arbiters.len()];
             let addr = RangeActor::start_in_arbiter(&arbiter.handle(), move |_| RangeActor::new(range));
-            slots.push((range, addr, target));
+            to_restore.push((range, addr.clone(), role));
+            slots.push((range, addr, state));
         }
     }
     let last_snapshot = Arc::new(AtomicU64::new(0));
@@ -155,8 +154,6 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         last_snapshot,
         ranges,
     };
-    let to_restore: Vec<(u32, Addr<RangeActor>, bool)> =
-        slots.iter().map(|(r, a, target)| (*r, a.clone(), *target == RangeState::Loading)).collect();
     let router = RouterActor::new(deps, view, slots).start();
     actix_web::rt::spawn(refresh_view(store.clone(), router.clone(), settings.view_refresh_interval));
 
@@ -164,6 +161,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     actix_web::rt::spawn(restore_ranges(Restorer {
         data_dir: settings.data_dir.clone(),
         total_hash_ranges: total,
+        epoch,
         store: store.clone(),
         ranges: to_restore,
         router: router.clone(),
@@ -349,10 +347,13 @@ async fn refresh_view(store: ObjectStore, router: Addr<RouterActor>, interval: D
 struct Restorer {
     data_dir: PathBuf,
     total_hash_ranges: u32,
+    /// The epoch of the view the ranges were planned with.
+    epoch: u64,
     store: ObjectStore,
-    /// Every range to restore, and whether it is gained in a scale (then
-    /// only its local part is restored here; the loader does the rest).
-    ranges: Vec<(u32, Addr<RangeActor>, bool)>,
+    /// Every range to restore, with its role in the view the node starts
+    /// with (a gained range only has its local part restored here; the
+    /// loader does the rest).
+    ranges: Vec<(u32, Addr<RangeActor>, Role)>,
     router: Addr<RouterActor>,
     snapshots: Addr<SnapshotActor>,
     wal_slot: WalSlot,
@@ -380,7 +381,10 @@ async fn restore_ranges(r: Restorer) {
         match result {
             Ok(Ok((local, state))) => {
                 let complete: BTreeSet<u32> = state
-                    .filter(|s| s.total_hash_ranges == r.total_hash_ranges)
+                    .filter(|s| {
+                        s.total_hash_ranges == r.total_hash_ranges
+                            && protocol::listing_holds(s.epoch, r.epoch)
+                    })
                     .map(|s| s.ranges)
                     .unwrap_or_default();
                 break (local, complete);
@@ -406,34 +410,41 @@ async fn restore_ranges(r: Restorer) {
     let mut from_disk = Vec::new();
     let mut gained_ranges = Vec::new();
     let mut from_store = Vec::new();
-    for (range, addr, gained) in &r.ranges {
+    for (range, addr, role) in &r.ranges {
         let table = tables.remove(range).unwrap_or_default();
-        if *gained {
+        let from = protocol::start_from(*role, complete.contains(range));
+        let force_full = from.first_snapshot_full(!table.is_empty());
+        match from {
             // What the disk has of it; the loader merges the rest.
-            addr.do_send(Restore { table, wal: wal.clone(), force_full: true });
-            gained_ranges.push(*range);
-        } else if complete.contains(range) {
+            StartFrom::DiskThenLoad => {
+                addr.do_send(Restore { table, wal: wal.clone(), force_full });
+                gained_ranges.push(*range);
+            }
             // The object store may lack what the WAL had: snapshot in full next.
-            addr.do_send(Restore { table, wal: wal.clone(), force_full: true });
-            from_disk.push(*range);
-        } else {
-            from_store.push((*range, addr.clone(), table));
+            StartFrom::Disk => {
+                addr.do_send(Restore { table, wal: wal.clone(), force_full });
+                from_disk.push(*range);
+            }
+            StartFrom::StoreAndDisk => from_store.push((*range, addr.clone(), table)),
         }
     }
     // Sent even with no range: it also hands the router the WAL.
-    let restored = RangesRestored { ranges: from_disk.clone(), on_disk: true, wal: wal.clone() };
+    let on_disk = StartFrom::Disk.on_disk();
+    let restored = RangesRestored { ranges: from_disk.clone(), on_disk, wal: wal.clone() };
     let _ = r.router.send(restored).await;
-    let _ = r.router.send(RangesRestored { ranges: gained_ranges, on_disk: false, wal: wal.clone() }).await;
+    let on_disk = StartFrom::DiskThenLoad.on_disk();
+    let _ = r.router.send(RangesRestored { ranges: gained_ranges, on_disk, wal: wal.clone() }).await;
     let store_count = from_store.len();
     stream::iter(from_store)
         .for_each_concurrent(PARALLEL_RESTORES, |(range, addr, table)| {
             let (store, router, wal) = (r.store.clone(), r.router.clone(), wal.clone());
             async move {
-                let on_disk = !table.is_empty();
+                let force_full = StartFrom::StoreAndDisk.first_snapshot_full(!table.is_empty());
                 let table = restore_from_store(&store, range, r.total_hash_ranges, table).await;
-                let _ = addr.send(Restore { table, wal: wal.clone(), force_full: on_disk }).await;
+                let _ = addr.send(Restore { table, wal: wal.clone(), force_full }).await;
                 // Not complete on disk until its first checkpoint is written.
-                let on_disk = crate::testing::broken(crate::testing::Break::ListLoadedComplete);
+                let on_disk = StartFrom::StoreAndDisk.on_disk()
+                    || crate::testing::broken(crate::testing::Break::ListLoadedComplete);
                 let _ = router.send(RangesRestored { ranges: vec![range], on_disk, wal }).await;
             }
         })

@@ -82,10 +82,7 @@ impl StoredView {
         if self.cluster_id != current.cluster_id || self.total_hash_ranges != current.total_hash_ranges {
             return false;
         }
-        self.epoch > current.epoch
-            || (self.epoch == current.epoch
-                && current.state == ClusterState::Scaling
-                && self.state == ClusterState::Stable)
+        crate::protocol::supersedes((self.epoch, self.state), (current.epoch, current.state))
     }
 
     /// Ranges whose owner changes in this scale (none on a stable view).

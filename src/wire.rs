@@ -246,6 +246,13 @@ pub struct Info {
     pub keys_count: u64,
     /// Unix seconds of the last completed snapshot, 0 if none.
     pub last_snapshot_timestamp: u64,
+    /// The cluster's id (made when it was bootstrapped).
+    #[serde(default)]
+    pub cluster_id: String,
+    /// Whether the object store honours conditional writes, which fence
+    /// concurrent changes of `cluster.json` and manifests.
+    #[serde(default)]
+    pub conditional_writes: bool,
 }
 
 impl Info {

@@ -54,6 +54,8 @@ fn foreign_ranges_get_421_with_the_view() {
     assert_eq!(info["ranges_loading"], json!([]));
     assert_eq!(info["ranges_draining"], json!([]));
     assert_eq!(info["last_snapshot_timestamp"], 0);
+    assert_eq!(info["cluster_id"].as_str().map(str::len), Some(32), "{info}");
+    assert_eq!(info["conditional_writes"], true, "the folder store fences its writes");
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod range;
 mod router;
 mod snapshot;
 
+pub use crate::protocol::RangeState;
 pub use range::RangeActor;
-pub use router::{RangeState, RouteError, RouterActor, RouterDeps};
+pub use router::{RouteError, RouterActor, RouterDeps};
 pub use snapshot::{RangeSets, SharedRanges, SnapshotActor, SnapshotError};

@@ -1,11 +1,12 @@
 //! `RouterActor` owns the cluster view and the state of every range this
-//! node holds. It splits each batch by range, checks ownership (421 for the
-//! whole batch otherwise) and readiness (503 while a range restores or, for
-//! reads and claims, loads), fans out to the range actors, gathers their
-//! answers in request order, and releases the answer once the WAL is
-//! durable up to what the batch depends on. It adopts newer views: gained
-//! ranges start loading, lost ones drain. It does no I/O and holds no keys;
-//! fan-outs, loads and handoffs run outside the actor.
+//! node holds. It splits each batch by range, admits it (421 for the whole
+//! batch if a range is not this node's, 503 while one restores or loads),
+//! fans out to the range actors, gathers their answers in request order,
+//! and releases the answer once the WAL is durable up to what the batch
+//! depends on. It adopts newer views: gained ranges start loading, lost ones
+//! drain. Every decision about a range is [`crate::protocol`]'s; the router
+//! carries them out. It does no I/O and holds no keys; fan-outs, loads and
+//! handoffs run outside the actor.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use crate::messages::{
     AdoptView, CheckpointRange, Gather, GatherError, GetInfo, GetStoredView, HandedOff, Handoff, RangeBatch,
     RangeLoaded, RangeOnDisk, RangeOp, RangeStats, RangesRestored, RecordLocal, Retire, Route, Routed,
 };
+use crate::protocol::{self, Access, Admission, AdoptAction, Next, Range, RangeState, Role, StartFrom};
 use crate::store::ObjectStore;
 use crate::table::TableKey;
 use crate::view::{ClusterState, ClusterView, StoredView, ViewWire};
@@ -51,31 +53,10 @@ pub enum RouteError {
     Internal(String),
 }
 
-/// Where a range held by this node stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RangeState {
-    /// Its table is being rebuilt at start; nothing is served.
-    Restoring,
-    /// Gained in a scale: puts are taken, reads wait for the handoff.
-    Loading,
-    Serving,
-    /// Lost in a scale: refused (421) while its last segment is written.
-    Draining,
-    /// Handed off; its data is dropped at `scaleComplete`.
-    Drained,
-}
-
+/// A range this node holds: its actor, and where it stands in the protocol.
 struct Slot {
     addr: Addr<RangeActor>,
-    state: RangeState,
-    /// The state once restored: `Serving`, `Loading` or `Draining`.
-    after_restore: RangeState,
-    /// The disk alone (local checkpoint + WAL) rebuilds everything this
-    /// range has answered for: it was restored from a disk that did, or a
-    /// checkpoint of it was written after it was restored or loaded. Only
-    /// such ranges are listed in `local.json`, and only they may start
-    /// from the disk alone (and then supersede the object store's chain).
-    on_disk: bool,
+    range: Range,
 }
 
 /// What the router needs to start ranges, loads and handoffs.
@@ -108,18 +89,14 @@ pub struct RouterActor {
 }
 
 impl RouterActor {
-    /// A router for `stored`, holding the ranges of `slots` (all `Restoring`,
-    /// each with the state to take once restored).
-    pub fn new(
-        deps: RouterDeps,
-        stored: StoredView,
-        slots: Vec<(u32, Addr<RangeActor>, RangeState)>,
-    ) -> Self {
+    /// A router for `stored`, holding the ranges of `slots` (all
+    /// [`RangeState::Restoring`], as [`protocol::at_start`] gives them).
+    pub fn new(deps: RouterDeps, stored: StoredView, slots: Vec<(u32, Addr<RangeActor>, Range)>) -> Self {
         let total = stored.total_hash_ranges as usize;
         let mut table: Vec<Option<Slot>> = (0..total).map(|_| None).collect();
-        for (range, addr, after_restore) in slots {
-            table[range as usize] =
-                Some(Slot { addr, state: RangeState::Restoring, after_restore, on_disk: false });
+        for (range, addr, state) in slots {
+            debug_assert_eq!(state.state, RangeState::Restoring);
+            table[range as usize] = Some(Slot { addr, range: state });
         }
         let view = ClusterView::new(stored.wire());
         RouterActor {
@@ -136,7 +113,7 @@ impl RouterActor {
 
     fn in_state(&self, pred: impl Fn(RangeState) -> bool) -> Vec<u32> {
         (0..self.slots.len() as u32)
-            .filter(|&r| self.slots[r as usize].as_ref().is_some_and(|s| pred(s.state)))
+            .filter(|&r| self.slots[r as usize].as_ref().is_some_and(|s| pred(s.range.state)))
             .collect()
     }
 
@@ -144,7 +121,9 @@ impl RouterActor {
         self.slots
             .iter()
             .enumerate()
-            .filter_map(|(r, s)| s.as_ref().filter(|s| pred(s.state)).map(|s| (r as u32, s.addr.clone())))
+            .filter_map(|(r, s)| {
+                s.as_ref().filter(|s| pred(s.range.state)).map(|s| (r as u32, s.addr.clone()))
+            })
             .collect()
     }
 
@@ -166,20 +145,33 @@ impl RouterActor {
             sets.all = self.addrs(|s| s != Restoring);
         }
         let complete: BTreeSet<u32> = (0..self.slots.len() as u32)
-            .filter(|&r| {
-                self.slots[r as usize]
-                    .as_ref()
-                    .is_some_and(|s| s.on_disk && matches!(s.state, Serving | Draining | Drained))
-            })
+            .filter(|&r| self.slots[r as usize].as_ref().is_some_and(|s| s.range.listed_complete()))
             .collect();
+        self.check_ranges();
         // do_send: the snapshot actor's mailbox is only full if it is far
-        // behind; the next change records the whole state again, and a
-        // record lost meanwhile only ever lists fewer ranges than it could.
+        // behind; the next change records the whole state again. A record
+        // lost meanwhile may leave listed a range let go of since, but only
+        // under an older epoch, which a start does not trust.
         self.deps.snapshots.do_send(RecordLocal {
             total_hash_ranges: self.stored.total_hash_ranges,
+            epoch: self.stored.epoch,
             ranges: complete,
             forget,
         });
+    }
+
+    /// Debug builds: every range held passes [`protocol::check_range`].
+    fn check_ranges(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let stable = self.stored.state == ClusterState::Stable;
+        for (r, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            let owned = self.view.owner(r as u32) == self.deps.node_id;
+            let checked = protocol::check_range(&slot.range, owned, stable);
+            debug_assert!(checked.is_ok(), "range {r}: {checked:?} ({:?} in {:?})", slot.range, self.stored);
+        }
     }
 
     fn start_range(&mut self, range: u32) -> Addr<RangeActor> {
@@ -188,17 +180,28 @@ impl RouterActor {
         RangeActor::start_in_arbiter(arbiter, move |_| RangeActor::new(range))
     }
 
-    /// Gives a gained range an empty table that takes puts at once, and
-    /// starts the loader that merges the object store's chain into it.
+    /// Gives a range gained while running an empty table, and starts the
+    /// loader that merges the object store's chain into it.
     fn load_gained(&mut self, range: u32, wal: Wal, ctx: &mut Context<Self>) {
-        let Some(slot) = &self.slots[range as usize] else { return };
-        slot.addr.do_send(crate::messages::Restore { table: Default::default(), wal, force_full: true });
-        self.begin_loading(range, ctx);
+        let Some(slot) = &mut self.slots[range as usize] else { return };
+        let force_full = StartFrom::DiskThenLoad.first_snapshot_full(false);
+        slot.addr.do_send(crate::messages::Restore { table: Default::default(), wal, force_full });
+        let next = slot.range.restored(false);
+        self.run(range, next, ctx);
+    }
+
+    /// Starts the work a state change of `range` asks for.
+    fn run(&mut self, range: u32, next: Next, ctx: &mut Context<Self>) {
+        match next {
+            Next::Nothing => {}
+            Next::Checkpoint => self.checkpoint_when_restored(range, ctx),
+            Next::Load => self.begin_loading(range, ctx),
+            Next::Handoff => self.begin_draining(range, ctx),
+        }
     }
 
     fn begin_loading(&mut self, range: u32, ctx: &mut Context<Self>) {
-        let Some(slot) = &mut self.slots[range as usize] else { return };
-        slot.state = RangeState::Loading;
+        let Some(slot) = &self.slots[range as usize] else { return };
         let task = loader::load_range(
             loader::LoadJob {
                 store: self.deps.store.clone(),
@@ -218,9 +221,6 @@ impl RouterActor {
     /// does not rebuild yet, then records it as complete on disk.
     fn checkpoint_when_restored(&self, range: u32, ctx: &mut Context<Self>) {
         let Some(slot) = &self.slots[range as usize] else { return };
-        if slot.on_disk {
-            return;
-        }
         let (snapshots, addr, router) = (self.deps.snapshots.clone(), slot.addr.clone(), ctx.address());
         actix::spawn(async move {
             let mut delay = Duration::from_millis(200);
@@ -261,12 +261,16 @@ impl RouterActor {
     /// Stops the actors of ranges handed off once the view is stable and
     /// they are no longer this node's; returns them.
     fn retire_drained(&mut self) -> Vec<u32> {
-        if self.stored.state != ClusterState::Stable {
-            return Vec::new();
-        }
-        let mine = self.view.ranges_of(self.deps.node_id);
-        let dropped: Vec<u32> =
-            self.in_state(|s| s == RangeState::Drained).into_iter().filter(|r| !mine.contains(r)).collect();
+        let stable = self.stored.state == ClusterState::Stable;
+        let (owners, node) = (self.view.owners(), self.deps.node_id);
+        let dropped: Vec<u32> = (0..self.slots.len() as u32)
+            .filter(|&r| {
+                let owned = owners[r as usize] == node;
+                self.slots[r as usize]
+                    .as_ref()
+                    .is_some_and(|s| protocol::retire(s.range.state, stable, owned))
+            })
+            .collect();
         for &range in &dropped {
             if let Some(slot) = self.slots[range as usize].take() {
                 // do_send: a retired actor that misses this only keeps its
@@ -281,8 +285,7 @@ impl RouterActor {
     }
 
     fn begin_draining(&mut self, range: u32, ctx: &mut Context<Self>) {
-        let Some(slot) = &mut self.slots[range as usize] else { return };
-        slot.state = RangeState::Draining;
+        let Some(slot) = &self.slots[range as usize] else { return };
         let (snapshots, addr, router, epoch, cluster_id) = (
             self.deps.snapshots.clone(),
             slot.addr.clone(),
@@ -306,47 +309,23 @@ impl RouterActor {
         });
     }
 
-    /// A range finished its part of a scale (`from` -> `to`); stale reports
-    /// (the range has moved on) are ignored.
-    fn finish_move(
-        &mut self,
-        range: u32,
-        from: RangeState,
-        to: RangeState,
-        kind: &str,
-        ctx: &mut Context<Self>,
-    ) {
+    /// A range finished its part of a scale (`kind`): `step` moves it on
+    /// (stale reports, for a range that has moved on, change nothing).
+    fn finish_move(&mut self, range: u32, kind: &str, step: fn(&mut Range) -> Next, ctx: &mut Context<Self>) {
         let Some(slot) = &mut self.slots[range as usize] else { return };
-        if slot.state != from {
+        let before = slot.range;
+        let next = step(&mut slot.range);
+        if slot.range == before {
             return;
         }
-        slot.state = to;
         crate::metrics::METRICS
             .ranges_moved
             .get_or_create(&crate::metrics::KindLabel { kind: kind.into() })
             .inc();
-        log::info!("range {range} {kind}: now {to:?}");
-        if to == RangeState::Serving {
-            self.checkpoint_when_restored(range, ctx);
-        }
+        log::info!("range {range} {kind}: now {:?}", slot.range.state);
+        self.run(range, next, ctx);
         let dropped = self.retire_drained();
         self.publish(dropped);
-    }
-
-    /// Moves a restored range into the state its plan gives it.
-    fn enter(&mut self, range: u32, state: RangeState, ctx: &mut Context<Self>) {
-        match state {
-            RangeState::Loading => self.begin_loading(range, ctx),
-            RangeState::Draining => self.begin_draining(range, ctx),
-            other => {
-                if let Some(slot) = &mut self.slots[range as usize] {
-                    slot.state = other;
-                }
-                if other == RangeState::Serving {
-                    self.checkpoint_when_restored(range, ctx);
-                }
-            }
-        }
     }
 }
 
@@ -382,6 +361,11 @@ impl Handler<Route> for RouterActor {
                 return Box::pin(async move { Err(err) });
             }
         }
+        let access = match op {
+            RangeOp::Get => Access::Get,
+            RangeOp::Put { .. } => Access::Put,
+            RangeOp::Claim { .. } => Access::Claim,
+        };
         let total = self.view.total_hash_ranges();
         // Group the keys by range with a counting sort: one pass counts,
         // one checks each touched range, one places every key.
@@ -395,19 +379,17 @@ impl Handler<Route> for RouterActor {
                 continue;
             }
             groups += 1;
-            let refusal = match self.slots[range as usize].as_ref().map(|s| s.state) {
-                None | Some(RangeState::Draining | RangeState::Drained) => Some(self.wrong_node(range)),
-                Some(RangeState::Restoring) => {
-                    Some(self.unavailable(format!("range {range} is being restored")))
-                }
-                // Puts too: until the previous owner has handed the range
-                // off it may still take writes for it, and a claim here
-                // could then answer "new" for a key claimed there.
-                Some(RangeState::Loading) => {
-                    Some(self.unavailable(format!("range {range} is loading after a scale")))
-                }
-                Some(_) => None,
-            };
+            let refusal =
+                match protocol::admit(self.slots[range as usize].as_ref().map(|s| s.range.state), access) {
+                    Admission::Serve => None,
+                    Admission::WrongNode => Some(self.wrong_node(range)),
+                    Admission::Unavailable(RangeState::Loading) => {
+                        Some(self.unavailable(format!("range {range} is loading after a scale")))
+                    }
+                    Admission::Unavailable(_) => {
+                        Some(self.unavailable(format!("range {range} is being restored")))
+                    }
+                };
             if let Some(err) = refusal {
                 return Box::pin(async move { Err(err) });
             }
@@ -509,6 +491,8 @@ impl Handler<GetInfo> for RouterActor {
             ranges_draining: self.in_state(|s| s == Draining),
             keys_count: 0,
             last_snapshot_timestamp: self.deps.last_snapshot.load(Ordering::Relaxed),
+            cluster_id: self.stored.cluster_id.clone(),
+            conditional_writes: self.deps.store.conditional_writes(),
         };
         Box::pin(async move {
             // A range that does not answer counts as empty: /info is advisory.
@@ -530,11 +514,8 @@ impl Handler<RangesRestored> for RouterActor {
         }
         for range in msg.ranges {
             let Some(slot) = &mut self.slots[range as usize] else { continue };
-            if slot.state == RangeState::Restoring {
-                slot.on_disk = msg.on_disk;
-                let target = slot.after_restore;
-                self.enter(range, target, ctx);
-            }
+            let next = slot.range.restored(msg.on_disk);
+            self.run(range, next, ctx);
         }
         self.publish(Vec::new());
     }
@@ -571,31 +552,39 @@ impl Handler<AdoptView> for RouterActor {
             next.addresses.len()
         );
         let plan = next.plan_for(self.deps.node_id);
-        let completion = next.epoch == self.stored.epoch;
+        let mut roles = vec![Role::NotOwned; self.slots.len()];
+        for (ranges, role) in
+            [(&plan.kept, Role::Kept), (&plan.gained, Role::Gained), (&plan.lost, Role::Lost)]
+        {
+            for &range in ranges {
+                roles[range as usize] = role;
+            }
+        }
         self.stored = next;
         self.view = ClusterView::new(self.stored.wire());
-        if !completion {
-            for range in plan.lost {
-                if self.slots[range as usize].as_ref().is_some_and(|s| s.state == RangeState::Serving) {
-                    self.begin_draining(range, ctx);
-                } else if let Some(slot) = &mut self.slots[range as usize] {
-                    slot.after_restore = RangeState::Draining;
+        for (range, role) in (0..self.slots.len() as u32).zip(roles) {
+            let held = self.slots[range as usize].as_ref().map(|s| &s.range);
+            match protocol::on_adopt(held, role) {
+                AdoptAction::Keep => {}
+                AdoptAction::StartLoading => {
+                    if let Some(old) = self.slots[range as usize].take() {
+                        // do_send: see retire_drained.
+                        old.addr.do_send(Retire);
+                    }
+                    let addr = self.start_range(range);
+                    // unwrap: a gained range always has a starting state.
+                    let state = protocol::at_start(Role::Gained).unwrap();
+                    self.slots[range as usize] = Some(Slot { addr, range: state });
+                    match self.wal.clone() {
+                        Some(wal) => self.load_gained(range, wal, ctx),
+                        None => self.gained_early.push(range),
+                    }
                 }
-            }
-            for range in plan.gained {
-                if self.slots[range as usize].is_some() {
-                    continue;
-                }
-                let addr = self.start_range(range);
-                self.slots[range as usize] = Some(Slot {
-                    addr: addr.clone(),
-                    state: RangeState::Restoring,
-                    after_restore: RangeState::Loading,
-                    on_disk: false,
-                });
-                match self.wal.clone() {
-                    Some(wal) => self.load_gained(range, wal, ctx),
-                    None => self.gained_early.push(range),
+                action => {
+                    if let Some(slot) = &mut self.slots[range as usize] {
+                        let next = slot.range.adopt(action);
+                        self.run(range, next, ctx);
+                    }
                 }
             }
         }
@@ -609,7 +598,7 @@ impl Handler<RangeLoaded> for RouterActor {
     type Result = ();
 
     fn handle(&mut self, msg: RangeLoaded, ctx: &mut Context<Self>) {
-        self.finish_move(msg.range, RangeState::Loading, RangeState::Serving, "loaded", ctx);
+        self.finish_move(msg.range, "loaded", Range::loaded, ctx);
     }
 }
 
@@ -617,7 +606,7 @@ impl Handler<HandedOff> for RouterActor {
     type Result = ();
 
     fn handle(&mut self, msg: HandedOff, ctx: &mut Context<Self>) {
-        self.finish_move(msg.range, RangeState::Draining, RangeState::Drained, "handed_off", ctx);
+        self.finish_move(msg.range, "handed_off", Range::handed_off, ctx);
     }
 }
 
@@ -628,10 +617,10 @@ impl Handler<RangeOnDisk> for RouterActor {
         let Some(slot) = &mut self.slots[msg.range as usize] else { return };
         // Another actor for the range (retired and gained again since) is
         // not what was checkpointed.
-        if slot.addr != msg.addr || slot.on_disk {
+        if slot.addr != msg.addr || slot.range.on_disk {
             return;
         }
-        slot.on_disk = true;
+        slot.range.checkpointed();
         log::debug!("range {}: complete on disk", msg.range);
         self.publish(Vec::new());
     }

@@ -209,7 +209,12 @@ impl Handler<RecordLocal> for SnapshotActor {
             for range in &msg.forget {
                 restore::remove_checkpoint(&dir, *range)?;
             }
-            restore::LocalState { total_hash_ranges: msg.total_hash_ranges, ranges: msg.ranges }.write(&dir)
+            let state = restore::LocalState {
+                total_hash_ranges: msg.total_hash_ranges,
+                ranges: msg.ranges,
+                epoch: msg.epoch,
+            };
+            state.write(&dir)
         });
         // Waited for, so that two records never race on the file.
         ctx.wait(write.into_actor(self).map(|result, _, _| match result {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::{ApiError, AppState};
 use crate::layout::{self, VIEW_KEY};
 use crate::messages::{AdoptView, GetStoredView};
+use crate::protocol;
 use crate::settings::valid_address_list;
 use crate::store::CasOutcome;
 use crate::view::{ClusterState, StoredView};
@@ -147,12 +148,12 @@ pub async fn scale_complete(state: web::Data<AppState>) -> Result<HttpResponse, 
     if current.state == ClusterState::Stable {
         return Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": current.epoch})));
     }
-    let moving = match layout::still_moving(&state.store, &current).await {
-        Ok(moving) => moving,
+    let marks = match layout::scale_marks(&state.store, &current).await {
+        Ok(marks) => marks,
         Err(crate::restore::RestoreError::Store(e)) => return Err(store_unavailable(&state, e).await),
         Err(e) => return Err(internal(e)),
     };
-    if !moving.is_empty() {
+    if let Err(moving) = protocol::may_complete(current.epoch, marks) {
         let shown: Vec<String> = moving.iter().take(16).map(|(r, why)| format!("{r} ({why})")).collect();
         return Err(ApiError::Conflict {
             code: "scale_in_progress",

@@ -58,12 +58,13 @@ pub struct CheckpointRange {
     pub addr: actix::Addr<crate::actors::RangeActor>,
 }
 
-/// Record in `local.json` the ranges whose complete state is on this disk,
-/// and delete the local checkpoints of `forget`.
+/// Record in `local.json` the ranges whose complete state is on this disk
+/// under the view of `epoch`, and delete the local checkpoints of `forget`.
 #[derive(Debug, actix::Message)]
 #[rtype(result = "()")]
 pub struct RecordLocal {
     pub total_hash_ranges: u32,
+    pub epoch: u64,
     pub ranges: std::collections::BTreeSet<u32>,
     pub forget: Vec<u32>,
 }
