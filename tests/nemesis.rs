@@ -1902,4 +1902,12 @@ fn checker_judges_hand_made_histories() {
         "a snapshot begun before the ack proves nothing"
     );
     assert_eq!(judge(&lost, &wiped(other, vec![])).len(), 1);
+    // Two overlapping "new" claims with a wipe of the key's node between
+    // them: the later-started one may have come first and been lost.
+    let c_holder = owners(RANGES, 3)[range_of("c") as usize] as usize;
+    let mut c_wiped = wiped(c_holder, vec![]);
+    c_wiped.wipes = vec![(c_holder, 1500)];
+    let overlapping = [claim(2, 0, 1600, false), claim(2, 600, 610, false)];
+    assert!(judge(&overlapping, &c_wiped).is_empty());
+    assert!(!judge(&overlapping, &events).is_empty());
 }

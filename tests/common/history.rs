@@ -278,11 +278,13 @@ pub fn check(ops: &[Op], checker: &Checker, summary: &mut Summary) -> Vec<String
                 if a_then_b || b_then_a {
                     continue;
                 }
-                let (first, second) = if a.start <= b.start { (a, b) } else { (b, a) };
-                if checker.lost_to_wipe(key, first, second.end) {
+                // Either may have been first (they may overlap): a wipe
+                // before the other's end may have lost the first one's key.
+                if checker.lost_to_wipe(key, a, b.end) || checker.lost_to_wipe(key, b, a.end) {
                     summary.absent_exempt_by_wipe += 1;
                     continue;
                 }
+                let (first, second) = if a.start <= b.start { (a, b) } else { (b, a) };
                 report(format!(
                     "claimed twice: {key} answered \"new\" at [{}..{}] ms (ttl {} s) and at [{}..{}] ms (ttl {} s)",
                     first.start,
