@@ -10,15 +10,21 @@
 //! never put; three claimers racing on one pool of keys; and a raw client
 //! that routes by an old `/info` snapshot and does not follow 421.
 //!
-//! The nemesis: `kill -9`, SIGTERM, data dir wiped, a restart right after a
-//! restore, the object store unreachable (folder renamed away; on S3 a
-//! proxy failing every call) or failing N calls (S3), snapshots, scaling up
-//! or down by one or two nodes through `keydb-admin` (also killed mid-scale
-//! and resumed with the command it prints) and through the raw calls (with
-//! an early `/scaleComplete`, `/scale` told to one node first, a node killed
-//! meanwhile), two `/scale` with different lists at once (folder store
-//! only: Garage does not fence them), a node restarted with a stale
-//! `KEYDB_NODE_ADDRESSES`.
+//! The nemesis: `kill -9` (also under a burst of puts), SIGTERM, data dir
+//! wiped, a `kill -9` right after a restore, the object store unreachable
+//! (folder renamed away; on S3 a proxy failing every call) or failing N
+//! calls (S3), snapshots, scaling up or down by one or two nodes through
+//! `keydb-admin` (also killed mid-scale and resumed with the command it
+//! prints) and through the raw calls (an early `/scaleComplete`, `/scale`
+//! told to one node first, a node killed or wiped meanwhile, the store
+//! unreachable meanwhile), two `/scale` with different lists at once
+//! (folder store only: Garage does not fence them), a node restarted with a
+//! stale `KEYDB_NODE_ADDRESSES`.
+//!
+//! A replay repeats the seed's draws; the nodes' own timing is not the
+//! seed's, and a draw depends on the cluster size at that point (which a
+//! double scale's winner or a failed scale decides), so a replay repeats the
+//! schedule as long as those outcomes repeat.
 //!
 //! Afterwards: the faults stop, every range must serve within 30 s and a
 //! started scale complete; every acknowledged key still within its TTL is
@@ -29,8 +35,8 @@
 //!   (the shared Garage of `./scripts/test.sh`), the checker's own tests,
 //!   and one test per `KEYDB_TEST_BREAK` switch that must be caught.
 //! - `KEYDB_NEMESIS_SEED=<seed>` replays one schedule (printed by every run;
-//!   a failing run saves its schedule, history and node logs under
-//!   `target/nemesis/<seed>/`).
+//!   a failing run saves its schedule, history, events and node logs under
+//!   `target/nemesis/<test>-<seed>/`).
 //! - `KEYDB_NEMESIS_SECONDS` (default 25): nemesis time per schedule;
 //!   `KEYDB_NEMESIS_SCHEDULES` (default 3): schedules on the folder store
 //!   (and a third as many on S3).
