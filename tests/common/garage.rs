@@ -25,14 +25,22 @@ const VARS: [&str; 4] =
 /// test; elsewhere the test is reported and passes without S3 (run
 /// `./scripts/test.sh` to get Garage).
 pub fn shared() -> Option<Vec<(String, String)>> {
+    server_vars(&VARS, "Garage", "S3 tests")
+}
+
+/// The variables `names` of a test server that `scripts/test.sh` starts
+/// (`server`), all or none. Missing under `CI=true` they fail the test
+/// (`what` must run in CI); elsewhere a note says what was not run.
+pub fn server_vars(names: &[&str], server: &str, what: &str) -> Option<Vec<(String, String)>> {
     let vars: Option<Vec<(String, String)>> =
-        VARS.iter().map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect();
+        names.iter().map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect();
     if vars.is_none() {
+        let prefix = names[0].split("_TEST_").next().unwrap_or("");
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "no Garage (S3_TEST_*): S3 tests must run in CI; use ./scripts/test.sh"
+            "no {server} ({prefix}_TEST_*): {what} must run in CI; use ./scripts/test.sh"
         );
-        eprintln!("NOTE: S3 part not run: no Garage (S3_TEST_*); use ./scripts/test.sh");
+        eprintln!("NOTE: {what} not run: no {server} ({prefix}_TEST_*); use ./scripts/test.sh");
     }
     vars
 }

@@ -11,16 +11,7 @@ const VARS: [&str; 4] =
 /// test; elsewhere the test is reported and passes without it (run
 /// `./scripts/test.sh` to get moto).
 pub fn shared() -> Option<Vec<(String, String)>> {
-    let vars: Option<Vec<(String, String)>> =
-        VARS.iter().map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect();
-    if vars.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "no moto (MOTO_TEST_*): conditional-write tests must run in CI; use ./scripts/test.sh"
-        );
-        eprintln!("NOTE: moto part not run: no moto (MOTO_TEST_*); use ./scripts/test.sh");
-    }
-    vars
+    super::garage::server_vars(&VARS, "moto", "conditional-write tests")
 }
 
 /// An S3 store's settings from `<VENDOR>_TEST_ENDPOINT` and friends
