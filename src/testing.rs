@@ -7,8 +7,8 @@
 /// A guarantee a test may switch off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Break {
-    /// Acknowledge writes without waiting for the WAL: `kill -9` then loses
-    /// acknowledged keys.
+    /// Acknowledge writes without waiting for the WAL, whose writer then
+    /// lags 300 ms a batch: `kill -9` loses acknowledged keys.
     AckBeforeWal,
     /// A range handed off in a scale writes its handoff mark without its
     /// last segment: what it took since the last snapshot is lost.

@@ -253,6 +253,11 @@ impl Writer {
                 };
                 (batch, q.stop)
             };
+            if !stop && crate::testing::broken(crate::testing::Break::AckBeforeWal) {
+                // Broken on purpose: requests were acknowledged already, and
+                // a lagging writer leaves them in memory only for a while.
+                std::thread::sleep(Duration::from_millis(300));
+            }
             // Retry this batch until it is durable. Its records are already
             // in the tables, so they must reach the disk before any later
             // record; meanwhile `failing` makes the node refuse new writes,
