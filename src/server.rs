@@ -18,7 +18,7 @@ use futures_util::stream::{self, StreamExt};
 use crate::actors::{RangeActor, RouterActor, RouterDeps, SharedRanges, SnapshotActor};
 use crate::clock;
 use crate::datadir::{self, Identity};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Lifecycle};
 use crate::layout::{self, VIEW_KEY};
 use crate::messages::{AdoptView, AllRestored, CreateSnapshots, RangesRestored, Restore};
 use crate::protocol::{self, Role, StartFrom};
@@ -82,30 +82,41 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     // Held until this function returns, i.e. for the life of the node.
     let _lock = datadir::lock(&settings.data_dir).map_err(StartError::Config)?;
     let identity = Identity::read(&settings.data_dir).map_err(StartError::Config)?;
-    // Alive but serving nothing until the view is read, and stoppable.
-    let reason = Arc::new(Mutex::new(format!("starting: reading {VIEW_KEY} from {}", store.describe())));
-    let starting = {
-        let reason = reason.clone();
-        HttpServer::new(move || App::new().configure(|cfg| http::configure_starting(cfg, reason.clone())))
-            .workers(1)
-            .disable_signals()
-            .listen(listener.try_clone()?)?
-            .run()
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One server for the node's whole life: alive at once, serving nothing
+    // but `/healthz` until the view is read, and stoppable.
+    let life =
+        web::Data::new(Lifecycle::new(format!("starting: reading {VIEW_KEY} from {}", store.describe())));
+    log::info!("listening on {}", listener.local_addr()?);
+    let server = {
+        let life = life.clone();
+        HttpServer::new(move || {
+            App::new().app_data(life.clone()).wrap_fn(http::record_metrics).configure(http::configure)
+        })
+        .workers(cores)
+        .shutdown_timeout(settings.shutdown_timeout.as_secs())
+        // Signals are ours: actix-server's own handling would stop the whole
+        // actor system, range actors included, before the last snapshot.
+        .disable_signals()
+        .listen(listener)?
+        .run()
     };
-    let starting_handle = starting.handle();
-    let starting_task = actix_web::rt::spawn(starting);
+    let handle = server.handle();
+    let server = actix_web::rt::spawn(server);
     // Listened for from here on: a signal is never left to its default.
     let mut signal = Box::pin(signalled());
     let resolved = tokio::select! {
-        view = resolve_view(&store, &settings, identity.as_ref(), &reason) => Some(view),
+        view = resolve_view(&store, &settings, identity.as_ref(), &life) => Some(view),
         name = &mut signal => {
             log::info!("{name} while starting: stopped");
             None
         }
     };
-    starting_handle.stop(false).await;
-    let _ = starting_task.await;
-    let Some(view) = resolved else { return Ok(()) };
+    // An error ends the process, and the server with it.
+    let Some(view) = resolved else {
+        handle.stop(true).await;
+        return Ok(());
+    };
     let view = view?;
     match identity {
         Some(identity) => identity
@@ -128,7 +139,6 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         plan.lost.len()
     );
 
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Kept alive for the life of the server; each runs range actors.
     let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
     let mut slots = Vec::new();
@@ -170,7 +180,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     }));
 
     let last_snapshot_to = snapshots.clone();
-    let state = web::Data::new(AppState {
+    life.serve(AppState {
         router,
         snapshots,
         store,
@@ -179,19 +189,8 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         max_keys_per_request: settings.max_keys_per_request,
         max_body_bytes: settings.max_body_bytes,
     });
-    log::info!("listening on {}", listener.local_addr()?);
-    let server = HttpServer::new(move || {
-        App::new().app_data(state.clone()).wrap_fn(http::record_metrics).configure(http::configure)
-    })
-    .workers(cores)
-    .shutdown_timeout(settings.shutdown_timeout.as_secs())
-    // Signals are ours: actix-server's own handling would stop the whole
-    // actor system, range actors included, before the last snapshot.
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    actix_web::rt::spawn(stop_on_signal(server.handle(), signal));
-    let result = server.await;
+    actix_web::rt::spawn(stop_on_signal(handle, signal));
+    let result = server.await.map_err(|e| std::io::Error::other(e.to_string()))?;
     if settings.snapshot_on_shutdown {
         // The ranges and the WAL are still up; nothing writes any more.
         let last = last_snapshot_to.send(CreateSnapshots { full: false });
@@ -255,10 +254,10 @@ async fn resolve_view(
     store: &ObjectStore,
     settings: &Settings,
     identity: Option<&Identity>,
-    reason: &Mutex<String>,
+    life: &Lifecycle,
 ) -> Result<StoredView, StartError> {
     let mut delay = Duration::from_millis(250);
-    let say = |why: String| *reason.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    let say = |why: String| life.starting(why);
     let wire = loop {
         match layout::read_view(store).await {
             Ok(Some(view)) => break view,

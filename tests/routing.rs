@@ -64,3 +64,55 @@ fn probes() {
     assert_eq!(common::request(&node.addr, "GET", "/healthz", &[], b"").status, 200);
     assert_eq!(common::request(&node.addr, "GET", "/readyz", &[], b"").status, 200);
 }
+
+/// The end of the starting phase (the view is read, the node proper takes
+/// the port over) drops no connection: every request sent meanwhile gets an
+/// HTTP answer, 503 while starting, then the node's own.
+#[test]
+fn start_hands_the_port_over_without_a_reset() {
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let objects = tempfile::tempdir().unwrap();
+    let store = objects.path().join("store");
+    // The store cannot be read yet: the node stays in its starting phase.
+    std::fs::write(&store, b"not a folder").unwrap();
+    let mut node = Node::launch(
+        port,
+        &[("KEYDB_NODE_ADDRESSES", addr.as_str()), ("KEYDB_STORAGE_PATH", store.to_str().unwrap())],
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammers: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match common::try_request(&addr, "GET", "/info", &[], b"") {
+                        Ok(r) => *statuses.entry(r.status).or_default() += 1,
+                        Err(e) => return Err(format!("{e} after {statuses:?}")),
+                    }
+                }
+                Ok(statuses)
+            })
+        })
+        .collect();
+    // The store becomes readable while requests stream in.
+    std::fs::remove_file(&store).unwrap();
+    std::fs::create_dir(&store).unwrap();
+    node.wait_ready();
+    // A little traffic on the node proper, then stop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while common::request(&addr, "GET", "/info", &[], b"").status != 200 {
+        assert!(std::time::Instant::now() < deadline, "/info never 200");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = std::collections::BTreeMap::<u16, u64>::new();
+    for hammer in hammers {
+        let statuses = hammer.join().unwrap().unwrap_or_else(|e| panic!("a request got no answer: {e}"));
+        for (status, n) in statuses {
+            *seen.entry(status).or_default() += n;
+        }
+    }
+    // Both phases were under load, and nothing else was answered.
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), vec![200, 503], "{seen:?}");
+}

@@ -181,7 +181,8 @@ async fn scale_under_load(from: usize, to: usize, env: Vec<(String, String)>) {
     // New nodes start before the scale, with the new list: they own nothing yet.
     if to > from {
         nodes.extend(start_nodes(&new, from..to, &env));
-        for n in &nodes[from..] {
+        for n in &mut nodes[from..] {
+            n.wait_started();
             let (status, body) = n.post("/get", &serde_json::json!({"keys": ["k"]}));
             assert_eq!(status, 421, "a node not yet in the view must refuse: {body}");
             assert_eq!(n.get_json("/info").1["keys_count"], 0);

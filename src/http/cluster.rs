@@ -8,7 +8,7 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, State};
 use crate::layout::{self, VIEW_KEY};
 use crate::messages::{AdoptView, GetStoredView};
 use crate::protocol;
@@ -81,7 +81,7 @@ fn raced() -> ApiError {
 /// `POST /scale {"addresses": [...]}`.
 pub async fn scale(
     req: actix_web::HttpRequest,
-    state: web::Data<AppState>,
+    state: State,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = super::data::read_body(&req, body, state.max_body_bytes).await?;
@@ -147,7 +147,7 @@ pub async fn scale(
 }
 
 /// `POST /scaleComplete`.
-pub async fn scale_complete(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn scale_complete(state: State) -> Result<HttpResponse, ApiError> {
     let _guard = state.scale_lock.lock().await;
     let (current, version) = current_view(&state).await?;
     if current.state == ClusterState::Stable {

@@ -5,7 +5,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
-use super::{ApiError, AppState};
+use super::{ApiError, State};
 use crate::messages::{Route, RouteKind};
 use crate::wire::{self, BinaryResponse, ClaimResponse, DataRequest, GetResponse, PutResponse};
 
@@ -25,27 +25,15 @@ enum Op {
     Claim,
 }
 
-pub async fn put(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn put(req: HttpRequest, body: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
     serve(Op::Put, req, body, state).await
 }
 
-pub async fn get(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn get(req: HttpRequest, body: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
     serve(Op::Get, req, body, state).await
 }
 
-pub async fn claim(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn claim(req: HttpRequest, body: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
     serve(Op::Claim, req, body, state).await
 }
 
@@ -84,12 +72,7 @@ pub(super) async fn read_body(
     Ok(buf)
 }
 
-async fn serve(
-    op: Op,
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+async fn serve(op: Op, req: HttpRequest, body: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
     let format = format_of(&req)?;
     let client_epoch = match req.headers().get(EPOCH_HEADER) {
         None => 0,

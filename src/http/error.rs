@@ -20,6 +20,9 @@ pub enum ApiError {
     WrongNode { message: String, view: ViewWire },
     #[error("{message}")]
     Unavailable { message: String, view: ViewWire, retry_after_secs: u32 },
+    /// The node has not read its view yet (no view to send along).
+    #[error("{0}")]
+    Starting(String),
     #[error("no route {0}")]
     NotFound(String),
     /// The request conflicts with the cluster's state (e.g. a scale in progress).
@@ -40,7 +43,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::WrongNode { .. } => "wrong_node",
-            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Unavailable { .. } | ApiError::Starting(_) => "unavailable",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { code, .. } => code,
             ApiError::OutcomeUnknown(_) => "outcome_unknown",
@@ -83,7 +86,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::WrongNode { .. } => StatusCode::MISDIRECTED_REQUEST,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::Starting(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::OutcomeUnknown(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -102,8 +105,14 @@ impl ResponseError for ApiError {
         };
         let body = Body { error: Detail { code: self.code(), message: self.to_string() }, cluster };
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Unavailable { retry_after_secs, .. } = self {
-            response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        match self {
+            ApiError::Unavailable { retry_after_secs, .. } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            ApiError::Starting(_) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
         }
         response.json(body)
     }

@@ -15,7 +15,7 @@ use crate::actors::{RouterActor, SnapshotActor};
 pub use data::EPOCH_HEADER;
 pub use error::ApiError;
 
-/// What every handler shares; built once, before the server starts.
+/// What every handler shares; built once the view is read.
 #[derive(Clone)]
 pub struct AppState {
     pub router: Addr<RouterActor>,
@@ -57,19 +57,59 @@ where
     }
 }
 
-/// What a node answers before it has read the cluster view: it is alive
-/// (`/healthz` 200), not ready, and serves nothing else (503 with the
-/// reason, so that nobody mistakes a node that cannot yet know what it owns
-/// for one that answers "absent").
-pub fn configure_starting(cfg: &mut web::ServiceConfig, reason: std::sync::Arc<std::sync::Mutex<String>>) {
-    let unavailable = move || {
-        let reason = reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        actix_web::HttpResponse::ServiceUnavailable()
-            .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
-            .json(serde_json::json!({"error": {"code": "unavailable", "message": reason}}))
-    };
-    cfg.route("/healthz", web::get().to(ops::healthz))
-        .default_service(web::to(move || std::future::ready(unavailable())));
+/// The node's state across its life. One HTTP server serves from the first
+/// moment to the last, so the end of the start drops no connection: until
+/// [`Lifecycle::serve`] the node is alive (`/healthz` 200), not ready, and
+/// every route that needs the node answers 503 with the reason (so that
+/// nobody mistakes a node that cannot yet know what it owns for one that
+/// owns nothing).
+pub struct Lifecycle {
+    state: std::sync::OnceLock<std::sync::Arc<AppState>>,
+    reason: std::sync::Mutex<String>,
+}
+
+impl Lifecycle {
+    pub fn new(reason: String) -> Lifecycle {
+        Lifecycle { state: std::sync::OnceLock::new(), reason: std::sync::Mutex::new(reason) }
+    }
+
+    /// Why the node does not serve yet, as the 503s say it.
+    pub fn starting(&self, reason: String) {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    /// From now on the routes serve with `state` (once; later calls are ignored).
+    pub fn serve(&self, state: AppState) {
+        let _ = self.state.set(std::sync::Arc::new(state));
+    }
+}
+
+/// A handler's access to the node: extracting it answers 503 while the node
+/// is starting.
+pub struct State(std::sync::Arc<AppState>);
+
+impl std::ops::Deref for State {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.0
+    }
+}
+
+impl actix_web::FromRequest for State {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<State, ApiError>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(match req.app_data::<web::Data<Lifecycle>>() {
+            Some(life) => match life.state.get() {
+                Some(state) => Ok(State(state.clone())),
+                None => {
+                    Err(ApiError::Starting(life.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()))
+                }
+            },
+            None => Err(ApiError::Internal("the node's state is not registered".into())),
+        })
+    }
 }
 
 /// Registers every route of API.md.

@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, State};
 use crate::messages::{CreateSnapshots, GetInfo};
 
 async fn node_info(state: &AppState) -> Result<crate::wire::Info, ApiError> {
@@ -13,7 +13,7 @@ async fn node_info(state: &AppState) -> Result<crate::wire::Info, ApiError> {
 /// of one node reads `/info` of every other.
 const CORS: (&str, &str) = ("Access-Control-Allow-Origin", "*");
 
-pub async fn info(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn info(state: State) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().insert_header(CORS).json(node_info(&state).await?))
 }
 
@@ -23,7 +23,7 @@ pub async fn status_page() -> HttpResponse {
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
     use crate::metrics::{StateLabel, METRICS};
     let info = node_info(&state).await?;
     METRICS.keys_stored.set(info.keys_count as i64);
@@ -45,7 +45,7 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().insert_header(CORS).content_type("text/plain").body("ok\n")
 }
 
-pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
     let info = node_info(&state).await?;
     if info.ranges_loading.is_empty() {
         Ok(HttpResponse::Ok().insert_header(CORS).content_type("text/plain").body("ready\n"))
@@ -71,7 +71,7 @@ struct CreateSnapshotsBody {
 /// `POST /createSnapshots`, body optional: `{"full_sync": false}`.
 pub async fn create_snapshots(
     req: actix_web::HttpRequest,
-    state: web::Data<AppState>,
+    state: State,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = super::data::read_body(&req, body, state.max_body_bytes).await?;

@@ -122,6 +122,12 @@ impl Node {
         self.wait_for("/healthz");
     }
 
+    /// Waits until the node has read its view and serves (`/info` 200),
+    /// though its ranges may still be loading.
+    pub fn wait_started(&mut self) {
+        self.wait_for("/info");
+    }
+
     pub fn wait_ready(&mut self) {
         self.wait_for("/readyz");
     }
