@@ -15,7 +15,11 @@ COPY --from=build /src/target/release/keydb-node /src/target/release/keydb-admin
 USER 10001
 # Relative paths (the fs object store's default) land in the data volume.
 WORKDIR /data
+# Bound to every address, so a token file is required: mount one at
+# /etc/keydb/tokens (see README, "Security"), or set KEYDB_AUTH_TOKENS_FILE=
+# and KEYDB_INSECURE_NO_AUTH=true to serve without authentication.
 ENV KEYDB_BIND=0.0.0.0 \
+    KEYDB_AUTH_TOKENS_FILE=/etc/keydb/tokens/tokens \
     KEYDB_DATA_DIR=/data/node \
     RUST_LOG=info
 VOLUME /data

@@ -187,8 +187,12 @@ impl Target {
     }
 
     async fn json(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, BenchError> {
-        let request = hyper::Request::post(format!("http://{}{path}", self.first))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+        let mut request = hyper::Request::post(format!("http://{}{path}", self.first))
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = &self.client.config().token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| BenchError::Http(e.to_string()))?;
         let response = self.http.request(request).await.map_err(|e| BenchError::Http(e.to_string()))?;

@@ -43,9 +43,11 @@ use crate::wire::{self, BinaryKeys, BinaryRequest, Info, MAX_TTL_SECONDS};
 
 /// Client settings. `addresses` may name a single node: the client learns
 /// the others from it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub addresses: Vec<String>,
+    /// Sent as `Authorization: Bearer <token>` on every request.
+    pub token: Option<String>,
     /// Must equal the cluster's.
     pub total_hash_ranges: u32,
     /// Retries after the first attempt.
@@ -60,11 +62,26 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             addresses: Vec::new(),
+            token: None,
             total_hash_ranges: 128,
             retry_count: 3,
             retry_delay: Duration::from_millis(100),
             request_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    // The token never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("addresses", &self.addresses)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("total_hash_ranges", &self.total_hash_ranges)
+            .field("retry_count", &self.retry_count)
+            .field("retry_delay", &self.retry_delay)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
     }
 }
 
@@ -159,6 +176,11 @@ impl Client {
         if config.addresses.len() > config.total_hash_ranges as usize {
             return Err(ClientError::Config("more addresses than hash ranges".into()));
         }
+        if let Some(token) = &config.token {
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ClientError::Config("the token must be printable ASCII without spaces".into()));
+            }
+        }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -187,6 +209,11 @@ impl Client {
     pub async fn claim<K: AsRef<[u8]>>(&self, keys: &[K], ttl: Duration) -> Result<Vec<bool>, ClientError> {
         let ttl = check_ttl(ttl)?;
         self.data(Op::Claim, fingerprints(keys)?, ttl).await
+    }
+
+    /// The settings the client was made with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
     }
 
     /// The addresses of the view the client uses now.
@@ -525,6 +552,9 @@ impl Client {
         if epoch > 0 {
             // A node with an older view re-reads it instead of serving.
             builder = builder.header(crate::http::EPOCH_HEADER, epoch);
+        }
+        if let Some(token) = &self.inner.config.token {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         if let Some((content_type, _)) = &body {
             builder = builder.header(hyper::header::CONTENT_TYPE, *content_type);

@@ -15,6 +15,7 @@
 //! - [`clock`]: wall-clock seconds for expiry arithmetic.
 //! - [`restore`]: local state on disk (checkpoints, `local.json`) and restoring ranges.
 //! - [`segment`]: snapshot segment and manifest formats.
+//! - [`auth`]: bearer tokens with scopes, the token file, and the scope each route needs.
 //! - [`settings`]: node settings (file < `KEYDB_CONFIG` < env) and validation.
 //! - [`wal`]: the write-ahead log with group commit, and its replay.
 //! - [`wire`]: request/response bodies, JSON and the binary fast path.
@@ -29,6 +30,7 @@
 
 pub mod actors;
 pub mod assignment;
+pub mod auth;
 pub mod background;
 pub mod bench;
 pub mod client;

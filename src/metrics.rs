@@ -28,6 +28,13 @@ pub struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub route: String,
+    /// `missing`, `unknown` (no such token) or `scope`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -53,6 +60,7 @@ pub struct Metrics {
     pub snapshot_failures: Counter,
     pub store_errors: Family<KindLabel, Counter>,
     pub ranges_moved: Family<KindLabel, Counter>,
+    pub auth_refusals: Family<RefusalLabels, Counter>,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -119,6 +127,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         registered(&mut r, "object_store_errors", "Object store errors by operation", Family::default());
     let ranges_moved =
         registered(&mut r, "ranges_moved", "Ranges handed off or loaded in scales", Family::default());
+    let auth_refusals = registered(
+        &mut r,
+        "auth_refusals",
+        "Requests refused for a missing or unknown token (401) or a token without the scope (403)",
+        Family::default(),
+    );
     Metrics {
         registry: r,
         requests,
@@ -135,6 +149,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         snapshot_failures,
         store_errors,
         ranges_moved,
+        auth_refusals,
     }
 });
 

@@ -16,8 +16,10 @@ use actix_web::{web, App, HttpServer};
 use futures_util::stream::{self, StreamExt};
 
 use crate::actors::{RangeActor, RouterActor, RouterDeps, SharedRanges, SnapshotActor};
+use crate::auth;
 use crate::clock;
 use crate::datadir::{self, Identity};
+use crate::http::auth::Gate;
 use crate::http::{self, AppState, Lifecycle};
 use crate::layout::{self, VIEW_KEY};
 use crate::messages::{AdoptView, AllRestored, CreateSnapshots, RangesRestored, Restore};
@@ -82,6 +84,23 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     // Held until this function returns, i.e. for the life of the node.
     let _lock = datadir::lock(&settings.data_dir).map_err(StartError::Config)?;
     let identity = Identity::read(&settings.data_dir).map_err(StartError::Config)?;
+    let tokens = match &settings.auth_tokens_file {
+        Some(path) => Some(auth::Tokens::read(path).map_err(StartError::Config)?),
+        None => None,
+    };
+    match &tokens {
+        Some(t) => log::info!("authentication: {} tokens {t:?}", t.len()),
+        None if settings.insecure_no_auth => {
+            log::warn!(
+                "authentication is off (KEYDB_INSECURE_NO_AUTH): anyone who reaches the port may do anything"
+            )
+        }
+        None => log::info!("authentication is off: no token file, and bound to a loopback address only"),
+    }
+    let gate = web::Data::new(Gate::new(tokens, settings.metrics_open));
+    if let Some(path) = settings.auth_tokens_file.clone() {
+        actix_web::rt::spawn(watch_tokens(path, gate.clone()));
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // One server for the node's whole life: alive at once, serving nothing
     // but `/healthz` until the view is read, and stoppable.
@@ -89,9 +108,14 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         web::Data::new(Lifecycle::new(format!("starting: reading {VIEW_KEY} from {}", store.describe())));
     log::info!("listening on {}", listener.local_addr()?);
     let server = {
-        let life = life.clone();
+        let (life, gate) = (life.clone(), gate.clone());
         HttpServer::new(move || {
-            App::new().app_data(life.clone()).wrap_fn(http::record_metrics).configure(http::configure)
+            App::new()
+                .app_data(life.clone())
+                .app_data(gate.clone())
+                .wrap_fn(http::auth::authenticate)
+                .wrap_fn(http::record_metrics)
+                .configure(http::configure)
         })
         .workers(cores)
         .shutdown_timeout(settings.shutdown_timeout.as_secs())
@@ -225,6 +249,51 @@ async fn stop_on_signal(
     let name = signal.await;
     log::info!("{name}: finishing in-flight requests, then stopping");
     server.stop(true).await;
+}
+
+/// How often the token file is checked for a change (SIGHUP: at once).
+const TOKENS_POLL: Duration = Duration::from_secs(1);
+
+/// Re-reads the token file when its content changes or on SIGHUP, so that a
+/// token is added or revoked without a restart. A file that cannot be read
+/// or parsed keeps the tokens in force (and says why).
+async fn watch_tokens(path: PathBuf, gate: web::Data<Gate>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())
+        .inspect_err(|e| {
+            log::warn!("cannot listen for SIGHUP ({e}): the token file is re-read every second only")
+        })
+        .ok();
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        let forced = tokio::select! {
+            _ = tokio::time::sleep(TOKENS_POLL) => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let now = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                if forced {
+                    log::error!("SIGHUP: cannot read {}: {e}; the tokens in force stay", path.display());
+                }
+                continue;
+            }
+        };
+        if !forced && last.as_deref() == Some(&now[..]) {
+            continue;
+        }
+        let parsed = std::str::from_utf8(&now)
+            .map_err(|e| format!("{}: not UTF-8: {e}", path.display()))
+            .and_then(|text| auth::Tokens::parse(text).map_err(|e| format!("{}: {e}", path.display())));
+        match parsed {
+            Ok(tokens) => {
+                log::info!("token file re-read: {} tokens {tokens:?}", tokens.len());
+                gate.replace(tokens);
+            }
+            Err(e) => log::error!("{e}; the tokens in force stay"),
+        }
+        last = Some(now);
+    }
 }
 
 /// Resolves with the signal's name at the first SIGTERM or SIGINT (never,

@@ -90,6 +90,13 @@ pub struct Settings {
     /// How often the node re-reads `cluster.json` to catch up with a view
     /// it was not told of.
     pub view_refresh_interval: Duration,
+    /// The token file ([`crate::auth`]); `None` with `insecure_no_auth`
+    /// or on a loopback address only.
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Serve without tokens on any address, said explicitly.
+    pub insecure_no_auth: bool,
+    /// `/metrics` without a token.
+    pub metrics_open: bool,
 }
 
 /// One bad setting.
@@ -139,6 +146,9 @@ pub const KEYS: &[&str] = &[
     "shutdown_timeout",
     "snapshot_on_shutdown",
     "view_refresh_interval",
+    "auth_tokens_file",
+    "insecure_no_auth",
+    "metrics_open",
 ];
 
 /// `KEYDB_*` variables that are not node settings and are left alone:
@@ -242,7 +252,27 @@ impl Settings {
                     .filter(|d| (Duration::from_millis(100)..=Duration::from_secs(600)).contains(d))
             });
 
+        let auth_tokens_file = p.optional("auth_tokens_file", "a path", non_empty).map(PathBuf::from);
+        let insecure_no_auth = p.parse("insecure_no_auth", "true or false", |s| s.parse::<bool>().ok());
+        let metrics_open = p.parse("metrics_open", "true or false", |s| s.parse::<bool>().ok());
+
         // Checks across settings, only once each part parsed.
+        match (&auth_tokens_file, insecure_no_auth, bind) {
+            (Some(path), Some(true), _) => p.problem(
+                "insecure_no_auth",
+                true,
+                &format!("false when KEYDB_AUTH_TOKENS_FILE is set ({})", path.display()),
+            ),
+            (None, Some(false), Some(ip)) if !ip.is_loopback() => p.problem(
+                "bind",
+                ip,
+                "a loopback address such as 127.0.0.1 when no KEYDB_AUTH_TOKENS_FILE is set: anyone who \
+                 reaches the port could read, fill and reshape the cluster. Make a token with \
+                 `keydb-admin token --name NAME --scope admin` and name its file in KEYDB_AUTH_TOKENS_FILE, \
+                 or set KEYDB_INSECURE_NO_AUTH=true to serve without authentication",
+            ),
+            _ => {}
+        }
         if let (Some(id), Some(addresses)) = (node_id, &node_addresses) {
             if id as usize >= addresses.len() {
                 p.problem("node_id", id, &format!("an index into the {} node addresses", addresses.len()));
@@ -303,6 +333,9 @@ impl Settings {
             shutdown_timeout: shutdown_timeout.unwrap(),
             snapshot_on_shutdown: snapshot_on_shutdown.unwrap(),
             view_refresh_interval: view_refresh_interval.unwrap(),
+            auth_tokens_file,
+            insecure_no_auth: insecure_no_auth.unwrap(),
+            metrics_open: metrics_open.unwrap(),
         })
     }
 }
@@ -419,6 +452,8 @@ mod tests {
         assert_eq!(s.storage.backend, StorageBackend::Fs);
         assert_eq!(s.max_keys_per_request, 100_000);
         assert_eq!(s.max_body_bytes, 64 << 20);
+        assert_eq!(s.bind, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!((s.auth_tokens_file, s.insecure_no_auth, s.metrics_open), (None, false, false));
     }
 
     #[test]

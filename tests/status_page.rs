@@ -63,3 +63,29 @@ fn status_page_shows_every_range_and_node() {
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     eprintln!("screenshot: {}", shot.display());
 }
+
+/// With tokens, the page asks for a read token (here given in the address,
+/// as `#token=...`) and reads every node's `/info` with it, through the
+/// CORS preflight; without one it shows the token form.
+#[test]
+fn status_page_asks_for_a_read_token() {
+    if !std::path::Path::new(CHROMIUM).exists() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "chromium must be installed in CI");
+        eprintln!("NOTE: status page not rendered: no {CHROMIUM} (apt-get install chromium)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let token = keydb::auth::new_token().unwrap();
+    std::fs::write(&file, keydb::auth::file_line("viewer", keydb::auth::Scope::Read, &token)).unwrap();
+    let cluster = Cluster::start(3, &[("KEYDB_AUTH_TOKENS_FILE", file.to_str().unwrap())]);
+
+    let dom = chromium(&["--dump-dom"], &format!("http://{}/", cluster.addresses[0]));
+    assert!(dom.contains(r#"data-needs-token="true""#), "no token form without a token:\n{dom}");
+    assert!(!dom.contains(r#"data-ready="true""#));
+
+    let dom = chromium(&["--dump-dom"], &format!("http://{}/#token={token}", cluster.addresses[0]));
+    assert!(dom.contains(r#"data-ready="true""#), "the page did not finish loading:\n{dom}");
+    assert_eq!(dom.matches(r#"class="range serving""#).count(), 128);
+    assert!(!dom.contains(r#"class="node down""#), "a node's /info was refused (token or CORS):\n{dom}");
+}

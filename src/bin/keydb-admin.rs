@@ -22,6 +22,11 @@ struct Cli {
     /// The cluster's number of hash ranges.
     #[arg(long, default_value_t = 128, global = true, value_parser = clap::value_parser!(u32).range(1..=65536))]
     total_hash_ranges: u32,
+    /// A file holding the bearer token (its first line). The token may
+    /// also come from KEYDB_TOKEN; there is no flag for the token itself,
+    /// so that `ps` never shows it.
+    #[arg(long, env = "KEYDB_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -60,6 +65,16 @@ enum Command {
     },
     /// Finish a scale once no node is loading ranges.
     ScaleComplete,
+    /// Make a new bearer token: prints the token (give it to the client; it
+    /// is stored nowhere) and the line for the nodes' token file (its hash).
+    Token {
+        /// The token's name in the file and in the node's logs.
+        #[arg(long, value_parser = parse_token_name)]
+        name: String,
+        /// read (/get, /info, /metrics), write (also /put, /claim) or admin (everything).
+        #[arg(long, value_parser = parse_scope)]
+        scope: keydb::auth::Scope,
+    },
     /// Scale the cluster online: createSnapshots, scale, wait for every
     /// range to be handed off and loaded, scaleComplete.
     Scale {
@@ -138,6 +153,18 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_scope(s: &str) -> Result<keydb::auth::Scope, String> {
+    keydb::auth::Scope::parse(s).ok_or_else(|| "must be read, write or admin".into())
+}
+
+fn parse_token_name(s: &str) -> Result<String, String> {
+    if keydb::auth::valid_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err("must be 1 to 64 of A-Z a-z 0-9 . _ -".into())
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -165,12 +192,26 @@ fn client(cli: &Cli) -> Client {
     if cli.addresses.is_empty() {
         usage("no addresses: pass --addresses host:port[,host:port...] or set KEYDB_ADDRESSES");
     }
-    let config = Config {
-        addresses: cli.addresses.clone(),
-        total_hash_ranges: cli.total_hash_ranges,
-        ..Default::default()
-    };
-    Client::new(config).unwrap_or_else(|e| usage(&e.to_string()))
+    Client::new(config(cli, cli.addresses.clone())).unwrap_or_else(|e| usage(&e.to_string()))
+}
+
+/// Client settings for `addresses` with the CLI's token and ranges.
+fn config(cli: &Cli, addresses: Vec<String>) -> Config {
+    Config { addresses, token: token(cli), total_hash_ranges: cli.total_hash_ranges, ..Default::default() }
+}
+
+/// The bearer token: `--token-file` (or KEYDB_TOKEN_FILE), else KEYDB_TOKEN.
+fn token(cli: &Cli) -> Option<String> {
+    if let Some(path) = &cli.token_file {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| usage(&format!("--token-file {}: {e}", path.display())));
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        if token.is_empty() {
+            usage(&format!("--token-file {}: the first line is empty", path.display()));
+        }
+        return Some(token);
+    }
+    std::env::var("KEYDB_TOKEN").ok().filter(|t| !t.is_empty())
 }
 
 /// Keys from the arguments, or one per line on stdin.
@@ -246,6 +287,19 @@ async fn run(cli: Cli) -> Result<()> {
                 print_json(&serde_json::json!({"success": true}));
             } else {
                 println!("scale complete");
+            }
+            Ok(())
+        }
+        Command::Token { name, scope } => {
+            let token = keydb::auth::new_token().context("reading /dev/urandom")?;
+            let line = keydb::auth::file_line(name, *scope, &token);
+            if cli.json {
+                print_json(
+                    &serde_json::json!({"name": name, "scope": scope.name(), "token": token, "line": line}),
+                );
+            } else {
+                println!("token: {token}");
+                println!("line:  {line}");
             }
             Ok(())
         }

@@ -23,6 +23,12 @@ pub enum ApiError {
     /// The node has not read its view yet (no view to send along).
     #[error("{0}")]
     Starting(String),
+    /// No token, or one the node does not know (the answer never says which).
+    #[error("a valid bearer token is required (Authorization: Bearer <token>)")]
+    Unauthorized,
+    /// A known token without the route's scope.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("no route {0}")]
     NotFound(String),
     /// The request conflicts with the cluster's state (e.g. a scale in progress).
@@ -44,6 +50,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::WrongNode { .. } => "wrong_node",
             ApiError::Unavailable { .. } | ApiError::Starting(_) => "unavailable",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { code, .. } => code,
             ApiError::OutcomeUnknown(_) => "outcome_unknown",
@@ -87,6 +95,8 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::WrongNode { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Unavailable { .. } | ApiError::Starting(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::OutcomeUnknown(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -111,6 +121,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Starting(_) => {
                 response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keydb\""));
             }
             _ => {}
         }

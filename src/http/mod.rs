@@ -2,6 +2,7 @@
 //! and the mapping of every error to its status and code. Handlers hold no
 //! state of their own: they decode, ask the router, and encode.
 
+pub mod auth;
 mod cluster;
 mod data;
 pub mod error;
@@ -118,6 +119,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/get", web::post().to(data::get))
         .route("/claim", web::post().to(data::claim))
         .route("/info", web::get().to(ops::info))
+        .route("/info", web::method(actix_web::http::Method::OPTIONS).to(ops::info_preflight))
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics))

@@ -22,6 +22,17 @@ pub async fn status_page() -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("status.html"))
 }
 
+/// `OPTIONS /info`: the CORS preflight of the status page, which reads
+/// every node's `/info` with its token.
+pub async fn info_preflight() -> HttpResponse {
+    HttpResponse::NoContent()
+        .insert_header(CORS)
+        .insert_header(("Access-Control-Allow-Methods", "GET"))
+        .insert_header(("Access-Control-Allow-Headers", "Authorization"))
+        .insert_header(("Access-Control-Max-Age", "600"))
+        .finish()
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
     use crate::metrics::{StateLabel, METRICS};
