@@ -48,6 +48,9 @@ pub struct Config {
     pub addresses: Vec<String>,
     /// Sent as `Authorization: Bearer <token>` on every request.
     pub token: Option<String>,
+    /// With `https://` addresses: the CA to trust (default: the system's)
+    /// and a client certificate for mutual TLS.
+    pub tls: crate::tls::ClientFiles,
     /// Must equal the cluster's.
     pub total_hash_ranges: u32,
     /// Retries after the first attempt.
@@ -63,6 +66,7 @@ impl Default for Config {
         Config {
             addresses: Vec::new(),
             token: None,
+            tls: crate::tls::ClientFiles::default(),
             total_hash_ranges: 128,
             retry_count: 3,
             retry_delay: Duration::from_millis(100),
@@ -77,6 +81,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("addresses", &self.addresses)
             .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
             .field("total_hash_ranges", &self.total_hash_ranges)
             .field("retry_count", &self.retry_count)
             .field("retry_delay", &self.retry_delay)
@@ -148,7 +153,7 @@ enum Failure {
     Status { status: u16, code: String, message: String, view: Option<ViewWire> },
 }
 
-type Http = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+type Http = hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A KeyDB client; cheap to clone, safe to share between tasks.
 #[derive(Clone)]
@@ -158,12 +163,29 @@ pub struct Client {
 
 struct Inner {
     config: Config,
+    /// `http` or `https`, for every node.
+    scheme: &'static str,
     http: Http,
     view: RwLock<Arc<View>>,
 }
 
 impl Client {
-    pub fn new(config: Config) -> Result<Client, ClientError> {
+    pub fn new(mut config: Config) -> Result<Client, ClientError> {
+        let schemes: std::collections::BTreeSet<&str> =
+            config.addresses.iter().map(|a| scheme_of(a)).collect();
+        let scheme = match schemes.into_iter().collect::<Vec<_>>()[..] {
+            [] | ["http"] => "http",
+            ["https"] => "https",
+            _ => {
+                return Err(ClientError::Config("addresses mix http:// and https://: use one for all".into()))
+            }
+        };
+        config.addresses = config.addresses.iter().map(|a| bare(a).to_string()).collect();
+        if let Some(bad) = config.addresses.iter().find(|a| a.contains('/')) {
+            return Err(ClientError::Config(format!(
+                "{bad:?} is not host:port, http://host:port or https://host:port"
+            )));
+        }
         if config.addresses.is_empty() {
             return Err(ClientError::Config("no addresses".into()));
         }
@@ -184,12 +206,24 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.enforce_http(false);
+        let tls = if scheme == "https" {
+            crate::tls::client_config(&config.tls).map_err(ClientError::Config)?
+        } else {
+            // Never used: every address is http://.
+            crate::tls::client_config_without_roots().map_err(ClientError::Config)?
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         let owners = assignment::owners(config.total_hash_ranges, config.addresses.len() as u32);
         let view = View { epoch: 0, addresses: config.addresses.clone(), owners };
-        Ok(Client { inner: Arc::new(Inner { config, http, view: RwLock::new(Arc::new(view)) }) })
+        Ok(Client { inner: Arc::new(Inner { config, scheme, http, view: RwLock::new(Arc::new(view)) }) })
     }
 
     /// Stores keys for `ttl` (an existing key keeps the later expiry).
@@ -254,6 +288,8 @@ impl Client {
     /// that lose ranges are told first, so that no range is ever served by
     /// its old owner while its new owner already takes writes.
     pub async fn scale(&self, addresses: &[String]) -> Result<u64, ClientError> {
+        let addresses: Vec<String> = addresses.iter().map(|a| bare(a).to_string()).collect();
+        let addresses = &addresses[..];
         self.learn_view().await?;
         let old = self.addresses();
         let total = self.inner.config.total_hash_ranges;
@@ -546,7 +582,7 @@ impl Client {
         path: &str,
         body: Option<(&str, Bytes)>,
     ) -> Result<(StatusCode, Bytes), Failure> {
-        let uri = format!("http://{address}{path}");
+        let uri = format!("{}://{}{path}", self.inner.scheme, bare(address));
         let mut builder = Request::builder().method(method).uri(&uri);
         let epoch = self.view().epoch;
         if epoch > 0 {
@@ -580,6 +616,20 @@ impl Client {
             Err(_) => Err(Failure::Lost(format!("no answer within {:?}", self.inner.config.request_timeout))),
         }
     }
+}
+
+/// The scheme an address names (`http` when it names none).
+fn scheme_of(address: &str) -> &str {
+    if address.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// An address without its `http://` or `https://`.
+fn bare(address: &str) -> &str {
+    address.strip_prefix("https://").or_else(|| address.strip_prefix("http://")).unwrap_or(address)
 }
 
 fn status_failure(status: StatusCode, body: &[u8]) -> Failure {

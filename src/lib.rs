@@ -16,6 +16,7 @@
 //! - [`restore`]: local state on disk (checkpoints, `local.json`) and restoring ranges.
 //! - [`segment`]: snapshot segment and manifest formats.
 //! - [`auth`]: bearer tokens with scopes, the token file, and the scope each route needs.
+//! - [`tls`]: rustls for the node (files re-read on change) and the client.
 //! - [`settings`]: node settings (file < `KEYDB_CONFIG` < env) and validation.
 //! - [`wal`]: the write-ahead log with group commit, and its replay.
 //! - [`wire`]: request/response bodies, JSON and the binary fast path.
@@ -50,6 +51,7 @@ pub mod settings;
 pub mod store;
 pub mod table;
 pub mod testing;
+pub mod tls;
 pub mod view;
 pub mod wal;
 pub mod wire;

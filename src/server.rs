@@ -1,8 +1,8 @@
 //! Starts a node: resolves the cluster view from the object store, starts
 //! the range actors (spread over one arbiter per core), the router and the
-//! snapshot actor, then the HTTP server, and restores the ranges in the
-//! background (they answer 503 until then). Actors are started once, here,
-//! before `HttpServer::new`, and shared with every worker via `web::Data`.
+//! snapshot actor, and restores the ranges in the background (they answer
+//! 503 until then). The HTTP server starts first, for the node's whole life
+//! ([`crate::http::Lifecycle`]): it answers 503 until the view is read.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
@@ -28,6 +28,7 @@ use crate::restore::{self, LocalState};
 use crate::settings::Settings;
 use crate::store::{CasOutcome, ObjectStore};
 use crate::table::RangeTable;
+use crate::tls;
 use crate::view::{ClusterState, StoredView};
 use crate::wal::Wal;
 
@@ -101,15 +102,30 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     if let Some(path) = settings.auth_tokens_file.clone() {
         actix_web::rt::spawn(watch_tokens(path, gate.clone()));
     }
+    let tls = match &settings.tls {
+        Some(files) => {
+            let loaded = tls::load(files.clone()).map_err(StartError::Config)?;
+            let mutual = files.client_ca.as_ref().map_or(String::new(), |ca| {
+                format!(", clients need a certificate signed by {}", ca.display())
+            });
+            log::info!("TLS with {}{mutual}", files.cert.display());
+            Some(loaded)
+        }
+        None => None,
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // One server for the node's whole life: alive at once, serving nothing
     // but `/healthz` until the view is read, and stoppable.
     let life =
         web::Data::new(Lifecycle::new(format!("starting: reading {VIEW_KEY} from {}", store.describe())));
-    log::info!("listening on {}", listener.local_addr()?);
+    log::info!(
+        "listening on {} ({})",
+        listener.local_addr()?,
+        if settings.tls.is_some() { "https" } else { "http" }
+    );
     let server = {
         let (life, gate) = (life.clone(), gate.clone());
-        HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             App::new()
                 .app_data(life.clone())
                 .app_data(gate.clone())
@@ -121,10 +137,17 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         .shutdown_timeout(settings.shutdown_timeout.as_secs())
         // Signals are ours: actix-server's own handling would stop the whole
         // actor system, range actors included, before the last snapshot.
-        .disable_signals()
-        .listen(listener)?
+        .disable_signals();
+        match &tls {
+            Some(reloadable) => server
+                .listen_rustls_0_23(listener, tls::server_config(reloadable).map_err(StartError::Config)?)?,
+            None => server.listen(listener)?,
+        }
         .run()
     };
+    if let Some(reloadable) = tls {
+        actix_web::rt::spawn(tls::watch(reloadable));
+    }
     let handle = server.handle();
     let server = actix_web::rt::spawn(server);
     // Listened for from here on: a signal is never left to its default.

@@ -97,6 +97,8 @@ pub struct Settings {
     pub insecure_no_auth: bool,
     /// `/metrics` without a token.
     pub metrics_open: bool,
+    /// HTTPS instead of HTTP: the certificate, key and optional client CA.
+    pub tls: Option<crate::tls::ServerFiles>,
 }
 
 /// One bad setting.
@@ -149,6 +151,9 @@ pub const KEYS: &[&str] = &[
     "auth_tokens_file",
     "insecure_no_auth",
     "metrics_open",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
 ];
 
 /// `KEYDB_*` variables that are not node settings and are left alone:
@@ -256,6 +261,26 @@ impl Settings {
         let insecure_no_auth = p.parse("insecure_no_auth", "true or false", |s| s.parse::<bool>().ok());
         let metrics_open = p.parse("metrics_open", "true or false", |s| s.parse::<bool>().ok());
 
+        let tls_cert = p.optional("tls_cert_file", "a path", non_empty).map(PathBuf::from);
+        let tls_key = p.optional("tls_key_file", "a path", non_empty).map(PathBuf::from);
+        let tls_client_ca = p.optional("tls_client_ca_file", "a path", non_empty).map(PathBuf::from);
+        let tls = match (tls_cert, tls_key, tls_client_ca) {
+            (Some(cert), Some(key), client_ca) => Some(crate::tls::ServerFiles { cert, key, client_ca }),
+            (None, None, None) => None,
+            (Some(_), None, _) => {
+                p.problem("tls_key_file", "", "the key of KEYDB_TLS_CERT_FILE's certificate");
+                None
+            }
+            (None, Some(_), _) => {
+                p.problem("tls_cert_file", "", "the certificate of KEYDB_TLS_KEY_FILE's key");
+                None
+            }
+            (None, None, Some(_)) => {
+                p.problem("tls_cert_file", "", "a certificate and key (KEYDB_TLS_KEY_FILE) for mutual TLS");
+                None
+            }
+        };
+
         // Checks across settings, only once each part parsed.
         match (&auth_tokens_file, insecure_no_auth, bind) {
             (Some(path), Some(true), _) => p.problem(
@@ -336,6 +361,7 @@ impl Settings {
             auth_tokens_file,
             insecure_no_auth: insecure_no_auth.unwrap(),
             metrics_open: metrics_open.unwrap(),
+            tls,
         })
     }
 }

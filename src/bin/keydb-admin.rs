@@ -16,7 +16,8 @@ use keydb::client::{Client, Config};
 #[derive(Parser)]
 #[command(name = "keydb-admin", version, about = "Operate a KeyDB cluster")]
 struct Cli {
-    /// Node addresses (host:port, comma-separated); one is enough.
+    /// Node addresses (host:port, or https://host:port for TLS;
+    /// comma-separated); one is enough.
     #[arg(long, env = "KEYDB_ADDRESSES", value_delimiter = ',', global = true)]
     addresses: Vec<String>,
     /// The cluster's number of hash ranges.
@@ -27,6 +28,16 @@ struct Cli {
     /// so that `ps` never shows it.
     #[arg(long, env = "KEYDB_TOKEN_FILE", global = true)]
     token_file: Option<std::path::PathBuf>,
+    /// With https:// addresses: the CA certificate(s) to trust, PEM
+    /// (default: the system's).
+    #[arg(long, env = "KEYDB_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for nodes that require mutual TLS.
+    #[arg(long, env = "KEYDB_CERT_FILE", global = true, requires = "key_file")]
+    cert_file: Option<std::path::PathBuf>,
+    /// The key (PEM) of --cert-file.
+    #[arg(long, env = "KEYDB_KEY_FILE", global = true, requires = "cert_file")]
+    key_file: Option<std::path::PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -197,7 +208,16 @@ fn client(cli: &Cli) -> Client {
 
 /// Client settings for `addresses` with the CLI's token and ranges.
 fn config(cli: &Cli, addresses: Vec<String>) -> Config {
-    Config { addresses, token: token(cli), total_hash_ranges: cli.total_hash_ranges, ..Default::default() }
+    Config {
+        addresses,
+        token: token(cli),
+        tls: keydb::tls::ClientFiles {
+            ca: cli.ca_file.clone(),
+            cert: cli.cert_file.clone().zip(cli.key_file.clone()),
+        },
+        total_hash_ranges: cli.total_hash_ranges,
+        ..Default::default()
+    }
 }
 
 /// The bearer token: `--token-file` (or KEYDB_TOKEN_FILE), else KEYDB_TOKEN.
