@@ -146,7 +146,9 @@ pub fn load_local(
     Ok(Local { tables, next_seq, keys_replayed })
 }
 
+/// Merges a batch (often in key order) into `table`, with room made first.
 pub fn merge_all(table: &mut RangeTable, entries: &[(TableKey, Expiry)], now: u32) {
+    table.reserve(entries.len());
     for &(key, expiry) in entries {
         table.merge(key, expiry, now);
     }

@@ -113,6 +113,10 @@ pub struct RangeTable {
     len: usize,
     /// Where the next sweep resumes.
     sweep_cursor: usize,
+    /// Slots visited by lookups and moved by inserts (tests only): the
+    /// cost model the tests check instead of timings.
+    #[cfg(test)]
+    work: tests::Work,
 }
 
 impl Default for RangeTable {
@@ -133,6 +137,8 @@ impl RangeTable {
             home_slots,
             len: 0,
             sweep_cursor: 0,
+            #[cfg(test)]
+            work: tests::Work::default(),
         }
     }
 
@@ -177,6 +183,8 @@ impl RangeTable {
     fn find(&self, key: TableKey) -> Result<usize, usize> {
         let mut i = self.home(key.lo);
         while let Some(slot) = self.slots.get(i) {
+            #[cfg(test)]
+            self.work.add(1);
             if slot.is_empty() {
                 return Err(i);
             }
@@ -223,6 +231,18 @@ impl RangeTable {
         }
     }
 
+    /// Makes room for `additional` more entries at once. A batch merged in
+    /// key order (a checkpoint, a segment) must get it first: grown on the
+    /// way, the table is sized for the keys so far, which all hash below the
+    /// next one, so they pile up in one run that every insert walks
+    /// (quadratic; a 100 M-key restart took hours).
+    pub fn reserve(&mut self, additional: usize) {
+        let want = self.len.saturating_add(additional);
+        if want.saturating_mul(5) > self.home_slots.saturating_mul(4) {
+            self.rebuild(want.saturating_mul(25) / 16);
+        }
+    }
+
     /// Deduplication: did the key exist at `now`? If not, store it with
     /// `expiry` (an existing key keeps its expiry, like Redis `SET NX EX`).
     pub fn claim(&mut self, key: TableKey, expiry: Expiry, now: u32) -> bool {
@@ -256,6 +276,8 @@ impl RangeTable {
                 self.slots.len() - 1
             }
         };
+        #[cfg(test)]
+        self.work.add((empty - i) as u64);
         self.slots.copy_within(i..empty, i + 1);
         self.slots[i] = slot;
         self.len += 1;
@@ -295,6 +317,11 @@ impl RangeTable {
             last = Some(pos);
         }
         next.len = self.len;
+        #[cfg(test)]
+        {
+            next.work = self.work.clone();
+            next.work.add(self.slots.len() as u64);
+        }
         *self = next;
     }
 
@@ -398,6 +425,62 @@ mod tests {
                 assert!(self.slots[home..pos].iter().all(|s| !s.is_empty()), "gap in run");
             }
         }
+    }
+
+    /// Slots visited or moved, shared by a table's clones over rebuilds.
+    #[derive(Debug, Default)]
+    pub(super) struct Work(std::sync::atomic::AtomicU64);
+
+    impl Clone for Work {
+        fn clone(&self) -> Self {
+            Work(std::sync::atomic::AtomicU64::new(self.get()))
+        }
+    }
+
+    impl Work {
+        pub(super) fn add(&self, n: u64) {
+            self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        fn get(&self) -> u64 {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    /// Slots touched per entry to merge `entries` (sorted) into `t`.
+    fn work_per_entry(t: &mut RangeTable, entries: &[(TableKey, Expiry)]) -> f64 {
+        let before = t.work.get();
+        crate::restore::merge_all(t, entries, T);
+        t.check();
+        (t.work.get() - before) as f64 / entries.len() as f64
+    }
+
+    fn sorted(range: std::ops::Range<u64>) -> Vec<(TableKey, Expiry)> {
+        let mut entries: Vec<(TableKey, Expiry)> = range.map(|n| (key(n), T + 100)).collect();
+        entries.sort();
+        entries
+    }
+
+    /// The load paths (checkpoint, segments, handoff) merge batches in key
+    /// order: the cost per key must not grow with the keys.
+    #[test]
+    fn merging_in_key_order_costs_the_same_per_key_at_any_size() {
+        let mut small = RangeTable::new();
+        let per_key_small = work_per_entry(&mut small, &sorted(0..20_000));
+        let mut large = RangeTable::new();
+        let per_key_large = work_per_entry(&mut large, &sorted(0..200_000));
+        assert_eq!(large.len(), 200_000);
+        // Grown on the way instead, each key walks a run of all the keys
+        // before it: thousands of slots per key at this size.
+        assert!(per_key_large < 20.0, "{per_key_large:.1} slots per key at 200 k");
+        assert!(
+            per_key_large < per_key_small * 1.5,
+            "{per_key_small:.1} at 20 k, {per_key_large:.1} at 200 k"
+        );
+        // A second sorted batch on top (a segment after a checkpoint).
+        let per_key_more = work_per_entry(&mut large, &sorted(200_000..400_000));
+        assert_eq!(large.len(), 400_000);
+        assert!(per_key_more < 20.0, "{per_key_more:.1} slots per key for a second batch");
     }
 
     /// A realistic "now": stamps are relative to 2020.
