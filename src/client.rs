@@ -18,11 +18,22 @@
 //!
 //! Retries: gets and puts are retried on any transient failure (connection
 //! refused or reset, timeouts, 503, 421 with a newer view) with a delay
-//! doubling from `retry_delay`, at most `retry_count` times. A claim is
-//! retried only when the failure proves it was not applied (connection
-//! refused, 421, 503); otherwise its outcome is unknown and the caller gets
-//! [`ClientError::OutcomeUnknown`], because a blind retry would answer
-//! "existed" for keys the lost attempt stored.
+//! doubling from `retry_delay` up to `max_retry_delay` (a 503's
+//! `Retry-After` is waited for, within the same cap), at most `retry_count`
+//! times and never past `deadline`. A claim is retried only when the failure
+//! proves it was not applied (connection refused, 421, 503); otherwise its
+//! outcome is unknown and the caller gets [`ClientError::OutcomeUnknown`],
+//! because a blind retry would answer "existed" for keys the lost attempt
+//! stored.
+//!
+//! Dropping a call's future (a timeout of the caller's own, a cancelled
+//! task) after it was sent leaves the same doubt: its puts or claims may
+//! have been applied. Treat the keys of a dropped claim as outcome unknown.
+//!
+//! Idle pooled connections are closed after 30 s, before a node's own
+//! keep-alive (75 s by default) closes them, so a request is not sent on a
+//! connection the node is closing; one that the pool finds closed before
+//! sending anything is resent on a new connection.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -55,8 +66,14 @@ pub struct Config {
     pub total_hash_ranges: u32,
     /// Retries after the first attempt.
     pub retry_count: u32,
-    /// Delay before the first retry; doubled for each further one.
+    /// Delay before the first retry; doubled for each further one, up to
+    /// `max_retry_delay`. A node's `Retry-After` is honoured (also capped).
     pub retry_delay: Duration,
+    /// The longest wait between two attempts.
+    pub max_retry_delay: Duration,
+    /// The longest a call may take, retries included: no retry starts
+    /// whose wait would end past it.
+    pub deadline: Duration,
     /// Deadline of one HTTP request.
     pub request_timeout: Duration,
 }
@@ -70,6 +87,8 @@ impl Default for Config {
             total_hash_ranges: 128,
             retry_count: 3,
             retry_delay: Duration::from_millis(100),
+            max_retry_delay: Duration::from_secs(5),
+            deadline: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -85,6 +104,8 @@ impl std::fmt::Debug for Config {
             .field("total_hash_ranges", &self.total_hash_ranges)
             .field("retry_count", &self.retry_count)
             .field("retry_delay", &self.retry_delay)
+            .field("max_retry_delay", &self.max_retry_delay)
+            .field("deadline", &self.deadline)
             .field("request_timeout", &self.request_timeout)
             .finish()
     }
@@ -150,7 +171,13 @@ enum Failure {
     /// Sent, but no answer: maybe applied.
     Lost(String),
     /// An error answer.
-    Status { status: u16, code: String, message: String, view: Option<ViewWire> },
+    Status {
+        status: u16,
+        code: String,
+        message: String,
+        view: Option<ViewWire>,
+        retry_after: Option<Duration>,
+    },
 }
 
 type Http = hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -391,14 +418,10 @@ impl Client {
     }
 
     async fn fetch_info(&self, address: &str) -> Result<Info, String> {
-        let (status, body) =
-            self.exchange(address, Method::GET, "/info", None).await.map_err(|f| match f {
-                Failure::Connect(m) | Failure::Lost(m) => m,
-                Failure::Status { message, .. } => message,
-            })?;
-        if status != StatusCode::OK {
-            return Err(format!("status {status}"));
-        }
+        let body = self.exchange(address, Method::GET, "/info", None).await.map_err(|f| match f {
+            Failure::Connect(m) | Failure::Lost(m) => m,
+            Failure::Status { status, message, .. } => format!("{status}: {message}"),
+        })?;
         serde_json::from_slice(&body).map_err(|e| e.to_string())
     }
 
@@ -416,6 +439,7 @@ impl Client {
         let mut pending: Vec<usize> = (0..fps.len()).collect();
         let mut delay = config.retry_delay;
         let mut attempt = 0;
+        let deadline = tokio::time::Instant::now() + config.deadline;
         while !pending.is_empty() {
             let view = self.view();
             let mut by_node: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
@@ -433,6 +457,8 @@ impl Client {
             });
             let mut retry = Vec::new();
             let mut wait = false;
+            // The longest `Retry-After` any node asked for in this round.
+            let mut asked: Option<Duration> = None;
             let mut last: Option<(u32, String, String)> = None;
             for (node, address, positions, result) in join_all(calls).await {
                 match result {
@@ -460,10 +486,11 @@ impl Client {
                         last = Some((node, address, format!("421 wrong_node: {message}")));
                         retry.extend(positions);
                     }
-                    Err(Failure::Status { status: 503, view, message, .. }) => {
+                    Err(Failure::Status { status: 503, view, message, retry_after, .. }) => {
                         if let Some(v) = view {
                             self.adopt(&v)?;
                         }
+                        asked = asked.max(retry_after);
                         last = Some((node, address, format!("503 unavailable: {message}")));
                         wait = true;
                         retry.extend(positions);
@@ -499,14 +526,19 @@ impl Client {
                 break;
             }
             attempt += 1;
-            if attempt > config.retry_count {
+            let pause = if wait {
+                delay.max(asked.unwrap_or_default()).min(config.max_retry_delay)
+            } else {
+                Duration::ZERO
+            };
+            if attempt > config.retry_count || tokio::time::Instant::now() + pause > deadline {
                 // unwrap_or: `last` is set whenever a position is retried.
                 let (node, address, reason) = last.unwrap_or((0, String::new(), "unknown".into()));
                 return Err(ClientError::Unavailable { node, address, attempts: attempt, reason });
             }
             if wait {
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
+                tokio::time::sleep(pause).await;
+                delay = delay.saturating_mul(2).min(config.max_retry_delay);
             }
             pending = retry;
         }
@@ -524,12 +556,9 @@ impl Client {
             ttl_seconds: u64::from(ttl),
             keys: BinaryKeys::Fingerprints(fps),
         });
-        let (status, bytes) = self
+        let bytes = self
             .exchange(address, Method::POST, op.path(), Some(("application/octet-stream", body.into())))
             .await?;
-        if status != StatusCode::OK {
-            return Err(status_failure(status, &bytes));
-        }
         let response = wire::decode_binary_response(&bytes).map_err(|e| Failure::Lost(e.to_string()))?;
         let answers = response.answers().ok_or_else(|| Failure::Lost("malformed answer bits".into()))?;
         Ok((response.epoch, answers))
@@ -548,15 +577,11 @@ impl Client {
         let unavailable =
             |reason| ClientError::Unavailable { node, address: address.into(), attempts: 1, reason };
         match self.exchange(address, method, path, body).await {
-            Ok((StatusCode::OK, bytes)) => Ok(bytes),
-            Ok((status, bytes)) => match status_failure(status, &bytes) {
-                Failure::Status { status, code, message, .. } => {
-                    Err(ClientError::Rejected { node, address: address.into(), status, code, message })
-                }
-                Failure::Connect(r) | Failure::Lost(r) => Err(unavailable(r)),
-            },
+            Ok(bytes) => Ok(bytes),
+            Err(Failure::Status { status, code, message, .. }) => {
+                Err(ClientError::Rejected { node, address: address.into(), status, code, message })
+            }
             Err(Failure::Connect(r)) | Err(Failure::Lost(r)) => Err(unavailable(r)),
-            Err(Failure::Status { message, .. }) => Err(unavailable(message)),
         }
     }
 
@@ -581,7 +606,7 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<(&str, Bytes)>,
-    ) -> Result<(StatusCode, Bytes), Failure> {
+    ) -> Result<Bytes, Failure> {
         let uri = format!("{}://{}{path}", self.inner.scheme, bare(address));
         let mut builder = Request::builder().method(method).uri(&uri);
         let epoch = self.view().epoch;
@@ -608,8 +633,18 @@ impl Client {
                 }
             })?;
             let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             let bytes = response.into_body().collect().await.map_err(|e| Failure::Lost(error_chain(&e)))?;
-            Ok((status, bytes.to_bytes()))
+            if status == StatusCode::OK {
+                Ok(bytes.to_bytes())
+            } else {
+                Err(status_failure(status, &bytes.to_bytes(), retry_after))
+            }
         };
         match tokio::time::timeout(self.inner.config.request_timeout, exchange).await {
             Ok(result) => result,
@@ -632,9 +667,10 @@ fn bare(address: &str) -> &str {
     address.strip_prefix("https://").or_else(|| address.strip_prefix("http://")).unwrap_or(address)
 }
 
-fn status_failure(status: StatusCode, body: &[u8]) -> Failure {
+fn status_failure(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> Failure {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     Failure::Status {
+        retry_after,
         status: status.as_u16(),
         code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
         message: v["error"]["message"]

@@ -134,6 +134,10 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
                 .configure(http::configure)
         })
         .workers(cores)
+        .keep_alive(match settings.keep_alive {
+            d if d.is_zero() => actix_web::http::KeepAlive::Disabled,
+            d => actix_web::http::KeepAlive::Timeout(d),
+        })
         .shutdown_timeout(settings.shutdown_timeout.as_secs())
         // Signals are ours: actix-server's own handling would stop the whole
         // actor system, range actors included, before the last snapshot.

@@ -99,6 +99,9 @@ pub struct Settings {
     pub metrics_open: bool,
     /// HTTPS instead of HTTP: the certificate, key and optional client CA.
     pub tls: Option<crate::tls::ServerFiles>,
+    /// How long an idle client connection is kept open; zero closes each
+    /// connection after its answer.
+    pub keep_alive: Duration,
 }
 
 /// One bad setting.
@@ -154,6 +157,7 @@ pub const KEYS: &[&str] = &[
     "tls_cert_file",
     "tls_key_file",
     "tls_client_ca_file",
+    "keep_alive",
 ];
 
 /// `KEYDB_*` variables that are not node settings and are left alone:
@@ -261,6 +265,10 @@ impl Settings {
         let insecure_no_auth = p.parse("insecure_no_auth", "true or false", |s| s.parse::<bool>().ok());
         let metrics_open = p.parse("metrics_open", "true or false", |s| s.parse::<bool>().ok());
 
+        let keep_alive =
+            p.parse("keep_alive", "a duration of at most 1h, such as 75s (0s: no keep-alive)", |s| {
+                humantime::parse_duration(s).ok().filter(|d| *d <= Duration::from_secs(3600))
+            });
         let tls_cert = p.optional("tls_cert_file", "a path", non_empty).map(PathBuf::from);
         let tls_key = p.optional("tls_key_file", "a path", non_empty).map(PathBuf::from);
         let tls_client_ca = p.optional("tls_client_ca_file", "a path", non_empty).map(PathBuf::from);
@@ -362,6 +370,7 @@ impl Settings {
             insecure_no_auth: insecure_no_auth.unwrap(),
             metrics_open: metrics_open.unwrap(),
             tls,
+            keep_alive: keep_alive.unwrap(),
         })
     }
 }

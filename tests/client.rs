@@ -157,3 +157,44 @@ async fn bad_input_is_refused_before_sending() {
     assert!(Client::new(Config::default()).is_err(), "no addresses");
     assert_eq!(c.get::<&str>(&[]).await.unwrap(), Vec::<bool>::new());
 }
+
+/// A node that answers 503 with `Retry-After: 1` (here: one that cannot read
+/// its object store yet). The client waits what the node asks for, within
+/// `max_retry_delay`, and gives up at `deadline` whatever `retry_count` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_within_the_cap_and_the_deadline() {
+    let objects = tempfile::tempdir().unwrap();
+    let store = objects.path().join("store");
+    std::fs::write(&store, b"not a folder").unwrap();
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _node = Node::launch(
+        port,
+        &[("KEYDB_NODE_ADDRESSES", &addr), ("KEYDB_STORAGE_PATH", store.to_str().unwrap())],
+    );
+    let r =
+        common::request(&addr, "POST", "/get", &[("Content-Type", "application/json")], br#"{"keys":["k"]}"#);
+    assert_eq!((r.status, r.header("Retry-After")), (503, Some("1")));
+
+    let timed = |config: Config| {
+        let addr = addr.clone();
+        async move {
+            let c = Client::new(Config { addresses: vec![addr], ..config }).unwrap();
+            let started = std::time::Instant::now();
+            let e = c.get(&["k"]).await.unwrap_err();
+            assert!(matches!(e, ClientError::Unavailable { attempts: _, .. }), "{e}");
+            (started.elapsed(), e.to_string())
+        }
+    };
+    // Defaults: 3 retries, each after the 1 s asked for (not 100, 200, 400 ms).
+    let (took, e) = timed(Config::default()).await;
+    assert!(took >= Duration::from_secs(3), "gave up after {took:?}: {e}");
+    assert!(e.contains("503"), "{e}");
+    // A cap below what the node asks for wins.
+    let (took, _) = timed(Config { max_retry_delay: Duration::from_millis(50), ..Default::default() }).await;
+    assert!(took < Duration::from_secs(3), "the cap was not applied: {took:?}");
+    // The deadline ends a call that retry_count alone would let run 100 s.
+    let (took, _) =
+        timed(Config { retry_count: 100, deadline: Duration::from_millis(1500), ..Default::default() }).await;
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(30), "{took:?}");
+}

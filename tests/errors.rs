@@ -147,3 +147,66 @@ fn random_bytes_on_the_binary_path() {
     }
     still_correct(&node);
 }
+
+/// HTTP details: a known path with the wrong method answers 405 with
+/// `Allow`, the probes answer HEAD, a compressed body answers 415
+/// `unsupported_content_encoding` (and stores nothing), and garbage or an
+/// HTTP/2 preface on the port is no ERROR in the log.
+#[test]
+fn methods_encodings_and_garbage() {
+    let node = common::Node::start();
+    for (method, path, allow) in [
+        ("GET", "/put", "POST"),
+        ("DELETE", "/claim", "POST"),
+        ("POST", "/info", "GET, HEAD, OPTIONS"),
+        ("PUT", "/healthz", "GET, HEAD"),
+        ("POST", "/metrics", "GET, HEAD"),
+        ("GET", "/scale", "POST"),
+    ] {
+        let r = common::request(&node.addr, method, path, &[], b"");
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.header("Allow"), Some(allow), "{method} {path}");
+        assert_eq!(r.json()["error"]["code"], "method_not_allowed");
+    }
+    assert_eq!(common::request(&node.addr, "GET", "/nope", &[], b"").status, 404);
+    for path in ["/healthz", "/readyz", "/info", "/metrics", "/"] {
+        let r = common::request(&node.addr, "HEAD", path, &[], b"");
+        assert_eq!(r.status, 200, "HEAD {path}");
+        assert!(r.body.is_empty(), "HEAD {path} has a body");
+    }
+
+    let body = br#"{"keys": ["zipped"], "ttl_seconds": 60}"#;
+    for encoding in ["gzip", "br", "deflate"] {
+        let r = common::request(
+            &node.addr,
+            "POST",
+            "/put",
+            &[("Content-Type", "application/json"), ("Content-Encoding", encoding)],
+            body,
+        );
+        assert_eq!(r.status, 415, "{encoding}");
+        assert_eq!(r.json()["error"]["code"], "unsupported_content_encoding");
+    }
+    let r = common::request(
+        &node.addr,
+        "POST",
+        "/put",
+        &[("Content-Type", "application/json"), ("Content-Encoding", "identity")],
+        body,
+    );
+    assert_eq!(r.status, 200, "identity is no encoding");
+    assert_eq!(node.get(&["zipped".to_string()]), vec![true]);
+
+    let before = node.log().matches(" ERROR ").count();
+    for raw in [
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        b"GARBAGE\r\n\r\n",
+    ] {
+        let _ = common::raw_request(&node.addr, raw);
+    }
+    // The node still answers, and said nothing at ERROR level.
+    assert_eq!(common::request(&node.addr, "GET", "/healthz", &[], b"").status, 200);
+    let log = node.log();
+    assert_eq!(log.matches(" ERROR ").count(), before, "{log}");
+}

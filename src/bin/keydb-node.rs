@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         }
     };
     let node_id = settings.node_id;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |buf, record| {
             writeln!(
                 buf,
@@ -58,7 +58,11 @@ fn main() -> ExitCode {
                 record.args()
             )
         })
-        .init();
+        .build();
+    let max_level = logger.filter();
+    if log::set_boxed_logger(Box::new(PeerErrorsAsDebug(logger))).is_ok() {
+        log::set_max_level(max_level);
+    }
     log::info!("settings: {settings:?}");
     // A panic is a bug. A node that lost a range actor or the router to one
     // would stay up answering 500 for that range; stopping whole instead
@@ -82,5 +86,38 @@ fn main() -> ExitCode {
             eprintln!("keydb-node: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// actix-http reports a peer's malformed or broken connection (garbage,
+/// HTTP/2 without TLS, a reset mid-request) as an ERROR. It is the peer's
+/// problem, not the node's: a debug line.
+struct PeerErrorsAsDebug(env_logger::Logger);
+
+impl log::Log for PeerErrorsAsDebug {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if record.level() == log::Level::Error && record.target().starts_with("actix_http::h1") {
+            let demoted = log::Record::builder()
+                .args(*record.args())
+                .level(log::Level::Debug)
+                .target(record.target())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build();
+            if self.0.enabled(demoted.metadata()) {
+                self.0.log(&demoted);
+            }
+            return;
+        }
+        self.0.log(record);
+    }
+
+    fn flush(&self) {
+        self.0.flush();
     }
 }

@@ -53,6 +53,12 @@ pub(super) async fn read_body(
     mut body: web::Payload,
     limit: usize,
 ) -> Result<web::BytesMut, ApiError> {
+    if let Some(encoding) = req.headers().get(header::CONTENT_ENCODING) {
+        let encoding = encoding.to_str().unwrap_or("<not text>").trim();
+        if !encoding.eq_ignore_ascii_case("identity") {
+            return Err(ApiError::UnsupportedContentEncoding(encoding.to_string()));
+        }
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

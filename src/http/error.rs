@@ -29,6 +29,12 @@ pub enum ApiError {
     /// A known token without the route's scope.
     #[error("{0}")]
     Forbidden(String),
+    /// A known path with a method it does not take; the value is `Allow`.
+    #[error("this path takes {0}")]
+    MethodNotAllowed(&'static str),
+    /// A compressed body: the node reads bodies as sent.
+    #[error("Content-Encoding {0:?} is not supported: send the body uncompressed")]
+    UnsupportedContentEncoding(String),
     #[error("no route {0}")]
     NotFound(String),
     /// The request conflicts with the cluster's state (e.g. a scale in progress).
@@ -52,6 +58,8 @@ impl ApiError {
             ApiError::Unavailable { .. } | ApiError::Starting(_) => "unavailable",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::UnsupportedContentEncoding(_) => "unsupported_content_encoding",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { code, .. } => code,
             ApiError::OutcomeUnknown(_) => "outcome_unknown",
@@ -97,6 +105,8 @@ impl ResponseError for ApiError {
             ApiError::Unavailable { .. } | ApiError::Starting(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnsupportedContentEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::OutcomeUnknown(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -121,6 +131,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Starting(_) => {
                 response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                response.insert_header((header::ALLOW, *allow));
             }
             ApiError::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keydb\""));

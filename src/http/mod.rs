@@ -9,7 +9,7 @@ pub mod error;
 mod ops;
 
 use actix::Addr;
-use actix_web::web;
+use actix_web::{web, HttpResponse};
 
 use crate::actors::{RouterActor, SnapshotActor};
 
@@ -113,19 +113,46 @@ impl actix_web::FromRequest for State {
     }
 }
 
-/// Registers every route of API.md.
+/// A resource that answers 405 with `Allow` to any other method.
+fn only(resource: actix_web::Resource, allow: &'static str) -> actix_web::Resource {
+    resource.default_service(web::to(move || {
+        std::future::ready(Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow)))
+    }))
+}
+
+/// Registers every route of API.md. A known path with another method
+/// answers 405 with `Allow`; the probes, `/info`, `/metrics` and the page
+/// also answer `HEAD`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/put", web::post().to(data::put))
-        .route("/get", web::post().to(data::get))
-        .route("/claim", web::post().to(data::claim))
-        .route("/info", web::get().to(ops::info))
-        .route("/info", web::method(actix_web::http::Method::OPTIONS).to(ops::info_preflight))
-        .route("/healthz", web::get().to(ops::healthz))
-        .route("/readyz", web::get().to(ops::readyz))
-        .route("/metrics", web::get().to(ops::metrics))
-        .route("/", web::get().to(ops::status_page))
-        .route("/createSnapshots", web::post().to(ops::create_snapshots))
-        .route("/scale", web::post().to(cluster::scale))
-        .route("/scaleComplete", web::post().to(cluster::scale_complete))
+    use actix_web::http::Method;
+    cfg.service(only(web::resource("/put").route(web::post().to(data::put)), "POST"))
+        .service(only(web::resource("/get").route(web::post().to(data::get)), "POST"))
+        .service(only(web::resource("/claim").route(web::post().to(data::claim)), "POST"))
+        .service(only(
+            web::resource("/info")
+                .route(web::get().to(ops::info))
+                .route(web::head().to(ops::info))
+                .route(web::method(Method::OPTIONS).to(ops::info_preflight)),
+            "GET, HEAD, OPTIONS",
+        ))
+        .service(only(
+            web::resource("/healthz").route(web::get().to(ops::healthz)).route(web::head().to(ops::healthz)),
+            "GET, HEAD",
+        ))
+        .service(only(
+            web::resource("/readyz").route(web::get().to(ops::readyz)).route(web::head().to(ops::readyz)),
+            "GET, HEAD",
+        ))
+        .service(only(
+            web::resource("/metrics").route(web::get().to(ops::metrics)).route(web::head().to(ops::metrics)),
+            "GET, HEAD",
+        ))
+        .service(only(
+            web::resource("/").route(web::get().to(ops::status_page)).route(web::head().to(ops::status_page)),
+            "GET, HEAD",
+        ))
+        .service(only(web::resource("/createSnapshots").route(web::post().to(ops::create_snapshots)), "POST"))
+        .service(only(web::resource("/scale").route(web::post().to(cluster::scale)), "POST"))
+        .service(only(web::resource("/scaleComplete").route(web::post().to(cluster::scale_complete)), "POST"))
         .default_service(web::to(ops::not_found));
 }
