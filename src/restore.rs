@@ -169,16 +169,25 @@ pub fn remove_checkpoint(data_dir: &Path, range: u32) -> Result<(), RestoreError
     }
 }
 
+/// What [`load_chain`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Chain {
+    pub entries: u64,
+    /// Unix seconds of the range's last snapshot (0: none).
+    pub last_snapshot: u64,
+}
+
 /// Merges a range's whole segment chain from the object store into `table`.
-/// Returns the number of entries read.
 pub async fn load_chain(
     store: &ObjectStore,
     range: u32,
     total_hash_ranges: u32,
     table: &mut RangeTable,
     now: u32,
-) -> Result<u64, RestoreError> {
-    let Some(manifest) = read_manifest(store, range, total_hash_ranges).await? else { return Ok(0) };
+) -> Result<Chain, RestoreError> {
+    let Some(manifest) = read_manifest(store, range, total_hash_ranges).await? else {
+        return Ok(Chain::default());
+    };
     let mut read = 0;
     for seg in &manifest.segments {
         let key = segment_key(range, &seg.name);
@@ -201,5 +210,5 @@ pub async fn load_chain(
         read += segment.entries.len() as u64;
         merge_all(table, &segment.entries, now);
     }
-    Ok(read)
+    Ok(Chain { entries: read, last_snapshot: manifest.last_snapshot })
 }

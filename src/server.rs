@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -204,6 +204,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         }
     }
     let last_snapshot = Arc::new(AtomicU64::new(0));
+    let restored_snapshot = last_snapshot.clone();
     let ranges = SharedRanges::default();
     let snapshots =
         SnapshotActor::new(&settings, store.clone(), ranges.clone(), last_snapshot.clone()).start();
@@ -228,6 +229,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         router: router.clone(),
         snapshots: snapshots.clone(),
         wal_slot: wal_slot.clone(),
+        last_snapshot: restored_snapshot,
     }));
 
     let last_snapshot_to = snapshots.clone();
@@ -452,6 +454,9 @@ struct Restorer {
     router: Addr<RouterActor>,
     snapshots: Addr<SnapshotActor>,
     wal_slot: WalSlot,
+    /// Set to the oldest snapshot time among ranges restored from the store
+    /// (what `/info` reports until this node writes a snapshot itself).
+    last_snapshot: Arc<AtomicU64>,
 }
 
 /// Restores every range this node holds: from the disk for the ranges
@@ -533,9 +538,17 @@ async fn restore_ranges(r: Restorer) {
     stream::iter(from_store)
         .for_each_concurrent(PARALLEL_RESTORES, |(range, addr, table)| {
             let (store, router, wal) = (r.store.clone(), r.router.clone(), wal.clone());
+            let last_snapshot = r.last_snapshot.clone();
             async move {
                 let force_full = StartFrom::StoreAndDisk.first_snapshot_full(!table.is_empty());
-                let table = restore_from_store(&store, range, r.total_hash_ranges, table).await;
+                let (table, snapshotted) =
+                    restore_from_store(&store, range, r.total_hash_ranges, table).await;
+                if snapshotted > 0 {
+                    // The oldest wins; 0 (none yet) loses to any time.
+                    let _ = last_snapshot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                        Some(if t == 0 { snapshotted } else { t.min(snapshotted) })
+                    });
+                }
                 let _ = addr.send(Restore { table, wal: wal.clone(), force_full }).await;
                 // Not complete on disk until its first checkpoint is written.
                 let on_disk = StartFrom::StoreAndDisk.on_disk()
@@ -553,24 +566,25 @@ async fn restore_ranges(r: Restorer) {
     );
 }
 
-/// Merges a range's segment chain into `table`, retrying until it works.
+/// Merges a range's segment chain into `table`, retrying until it works;
+/// returns it with the time of the range's last snapshot (0: none).
 async fn restore_from_store(
     store: &ObjectStore,
     range: u32,
     total: u32,
     mut table: RangeTable,
-) -> RangeTable {
+) -> (RangeTable, u64) {
     let had = table.len();
     let mut delay = Duration::from_secs(1);
     loop {
         match restore::load_chain(store, range, total, &mut table, clock::now_secs()).await {
-            Ok(read) => {
+            Ok(chain) => {
                 if had == 0 {
                     // Everything came from the object store: nothing is dirty.
                     table.clear_dirty();
                 }
-                log::debug!("range {range}: {read} entries from the object store");
-                return table;
+                log::debug!("range {range}: {} entries from the object store", chain.entries);
+                return (table, chain.last_snapshot);
             }
             Err(e) => log::error!("range {range} cannot be restored (retrying in {delay:?}): {e}"),
         }

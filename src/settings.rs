@@ -202,7 +202,7 @@ impl Settings {
             }
         }
         let node_id = p.parse("node_id", "an integer >= 0", |s| s.parse::<u32>().ok());
-        let node_addresses = p.parse(
+        let node_addresses = p.optional(
             "node_addresses",
             "a JSON list or comma-separated list of distinct host:port addresses",
             parse_addresses,
@@ -289,6 +289,9 @@ impl Settings {
             }
         };
 
+        // Unset: this node alone, at the port it listens on.
+        let node_addresses = node_addresses.or_else(|| port.map(|port| vec![format!("localhost:{port}")]));
+
         // Checks across settings, only once each part parsed.
         match (&auth_tokens_file, insecure_no_auth, bind) {
             (Some(path), Some(true), _) => p.problem(
@@ -309,6 +312,24 @@ impl Settings {
         if let (Some(id), Some(addresses)) = (node_id, &node_addresses) {
             if id as usize >= addresses.len() {
                 p.problem("node_id", id, &format!("an index into the {} node addresses", addresses.len()));
+            }
+            // This node's own address on this host with another port: clients
+            // would send its keys to whatever listens there.
+            if let (Some(own), Some(port)) = (addresses.get(id as usize), port) {
+                if let Some((host, own_port)) = own.rsplit_once(':') {
+                    let local = matches!(host, "localhost" | "[::1]" | "::1")
+                        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
+                    if local && own_port.parse::<u16>().is_ok_and(|p| p != port) {
+                        p.problem(
+                            "node_addresses",
+                            addresses.join(","),
+                            &format!(
+                                "node {id}'s own address with the port it listens on (KEYDB_PORT={port}), not {own}: \
+                                 clients would send its keys to whatever listens there"
+                            ),
+                        );
+                    }
+                }
             }
             if let Some(n) = cluster_size {
                 if n as usize != addresses.len() {
@@ -385,10 +406,11 @@ fn non_empty(s: &str) -> Option<String> {
 
 /// A `host:port` list, from a JSON list or a comma-separated string.
 fn parse_addresses(s: &str) -> Option<Vec<String>> {
-    let list: Vec<String> = if s.trim_start().starts_with('[') {
-        serde_json::from_str(s).ok()?
-    } else {
-        s.split(',').map(|a| a.trim().to_string()).collect()
+    // A JSON list, or else commas (an IPv6 literal such as [::1]:50051 also
+    // starts with a bracket).
+    let list: Vec<String> = match serde_json::from_str(s) {
+        Ok(list) if s.trim_start().starts_with('[') => list,
+        _ => s.split(',').map(|a| a.trim().to_string()).collect(),
     };
     valid_address_list(&list).then_some(list)
 }
@@ -489,6 +511,25 @@ mod tests {
         assert_eq!(s.max_body_bytes, 64 << 20);
         assert_eq!(s.bind, IpAddr::from([127, 0, 0, 1]));
         assert_eq!((s.auth_tokens_file, s.insecure_no_auth, s.metrics_open), (None, false, false));
+    }
+
+    #[test]
+    fn own_address_follows_the_port_and_must_agree_with_it() {
+        let s = Settings::from_env(env(&[("KEYDB_PORT", "6000")])).unwrap();
+        assert_eq!(s.node_addresses, vec!["localhost:6000"]);
+        for own in ["localhost:50051", "127.0.0.1:50051", "127.0.0.2:50051", "[::1]:50051"] {
+            let p = problems(&[("KEYDB_PORT", "6000"), ("KEYDB_NODE_ADDRESSES", own)]);
+            assert_eq!(p.len(), 1, "{own}: {p:?}");
+            assert_eq!(p[0].variable, "KEYDB_NODE_ADDRESSES");
+            assert!(p[0].expected.contains("KEYDB_PORT=6000"), "{}", p[0]);
+        }
+        // Another host's port is not ours to judge; another node's entry neither.
+        for list in ["keydb-0.svc:50051", "localhost:6000,localhost:50051"] {
+            assert!(
+                Settings::from_env(env(&[("KEYDB_PORT", "6000"), ("KEYDB_NODE_ADDRESSES", list)])).is_ok(),
+                "{list}"
+            );
+        }
     }
 
     #[test]
