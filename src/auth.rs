@@ -126,8 +126,8 @@ impl Tokens {
 
     /// Reads and parses a token file.
     pub fn read(path: &Path) -> Result<Tokens, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes = crate::files::read_small(path)?;
+        let text = String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8: {e}", path.display()))?;
         Tokens::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 

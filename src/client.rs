@@ -208,7 +208,11 @@ impl Client {
             }
         };
         config.addresses = config.addresses.iter().map(|a| bare(a).to_string()).collect();
-        if let Some(bad) = config.addresses.iter().find(|a| a.contains('/')) {
+        if let Some(bad) = config
+            .addresses
+            .iter()
+            .find(|a| a.contains('/') || !crate::settings::valid_address_list(std::slice::from_ref(a)))
+        {
             return Err(ClientError::Config(format!(
                 "{bad:?} is not host:port, http://host:port or https://host:port"
             )));

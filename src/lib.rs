@@ -16,6 +16,7 @@
 //! - [`restore`]: local state on disk (checkpoints, `local.json`) and restoring ranges.
 //! - [`segment`]: snapshot segment and manifest formats.
 //! - [`auth`]: bearer tokens with scopes, the token file, and the scope each route needs.
+//! - [`files`]: reading the token and TLS files: regular files only, without blocking, bounded.
 //! - [`tls`]: rustls for the node (files re-read on change) and the client.
 //! - [`settings`]: node settings (file < `KEYDB_CONFIG` < env) and validation.
 //! - [`wal`]: the write-ahead log with group commit, and its replay.
@@ -37,6 +38,7 @@ pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod datadir;
+pub mod files;
 pub mod fingerprint;
 pub mod http;
 pub mod layout;

@@ -71,7 +71,17 @@ pub fn bootstrap_view(settings: &Settings) -> StoredView {
 
 /// Runs a node until the HTTP server stops (SIGINT or SIGTERM).
 pub async fn run(settings: Settings) -> Result<(), StartError> {
-    let listener = TcpListener::bind((settings.bind, settings.port))?;
+    let listener = TcpListener::bind((settings.bind, settings.port)).map_err(|e| {
+        let address = std::net::SocketAddr::new(settings.bind, settings.port);
+        match e.kind() {
+            // Another process's port, or an address this host does not have:
+            // the settings must change (KEYDB_PORT, KEYDB_BIND).
+            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable => {
+                StartError::Config(format!("cannot listen on {address} (KEYDB_BIND, KEYDB_PORT): {e}"))
+            }
+            _ => StartError::Io(std::io::Error::new(e.kind(), format!("cannot listen on {address}: {e}"))),
+        }
+    })?;
     run_on(settings, listener).await
 }
 
@@ -90,7 +100,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         None => None,
     };
     match &tokens {
-        Some(t) => log::info!("authentication: {} tokens {t:?}", t.len()),
+        Some(t) => log::info!("authentication: {}", describe_tokens(t)),
         None if settings.insecure_no_auth => {
             log::warn!(
                 "authentication is off (KEYDB_INSECURE_NO_AUTH): anyone who reaches the port may do anything"
@@ -293,35 +303,40 @@ async fn watch_tokens(path: PathBuf, gate: web::Data<Gate>) {
             log::warn!("cannot listen for SIGHUP ({e}): the token file is re-read every second only")
         })
         .ok();
-    let mut last = std::fs::read(&path).ok();
+    let mut last = crate::files::read_small(&path);
     loop {
         let forced = tokio::select! {
             _ = tokio::time::sleep(TOKENS_POLL) => false,
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
-        let now = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                if forced {
-                    log::error!("SIGHUP: cannot read {}: {e}; the tokens in force stay", path.display());
-                }
-                continue;
-            }
-        };
-        if !forced && last.as_deref() == Some(&now[..]) {
+        let now = crate::files::read_small(&path);
+        if !forced && now == last {
             continue;
         }
-        let parsed = std::str::from_utf8(&now)
-            .map_err(|e| format!("{}: not UTF-8: {e}", path.display()))
-            .and_then(|text| auth::Tokens::parse(text).map_err(|e| format!("{}: {e}", path.display())));
+        let parsed = now.clone().and_then(|bytes| {
+            String::from_utf8(bytes)
+                .map_err(|e| format!("{}: not UTF-8: {e}", path.display()))
+                .and_then(|text| auth::Tokens::parse(&text).map_err(|e| format!("{}: {e}", path.display())))
+        });
         match parsed {
             Ok(tokens) => {
-                log::info!("token file re-read: {} tokens {tokens:?}", tokens.len());
+                log::info!("token file re-read: {}", describe_tokens(&tokens));
                 gate.replace(tokens);
             }
-            Err(e) => log::error!("{e}; the tokens in force stay"),
+            // A missing file too: deleting it is no way to lock everyone
+            // out (an empty file is), so say loudly that nothing changed.
+            Err(e) => log::error!("{e}; the tokens in force stay (an empty file revokes them all)"),
         }
-        last = Some(now);
+        last = now;
+    }
+}
+
+/// "3 tokens [a (read), ...]", names only for a short list.
+fn describe_tokens(tokens: &auth::Tokens) -> String {
+    if tokens.len() <= 20 {
+        format!("{} tokens {tokens:?}", tokens.len())
+    } else {
+        format!("{} tokens", tokens.len())
     }
 }
 

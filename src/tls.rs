@@ -37,7 +37,7 @@ pub struct ServerFiles {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    crate::files::read_small(path)
 }
 
 /// Every certificate of a PEM file.
@@ -173,7 +173,7 @@ impl Reloadable {
     fn snapshot(&self) -> Vec<Option<Vec<u8>>> {
         let mut paths = vec![&self.files.cert, &self.files.key];
         paths.extend(&self.files.client_ca);
-        paths.into_iter().map(|p| std::fs::read(p).ok()).collect()
+        paths.into_iter().map(|p| crate::files::read_small(p).ok()).collect()
     }
 
     /// Re-reads every file; on any error nothing changes.

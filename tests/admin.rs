@@ -181,3 +181,41 @@ fn an_interrupted_scale_add_resumes_with_the_same_command() {
     assert_eq!(info["state"], "stable", "{info}");
     assert_eq!(info["addresses"], serde_json::json!(all), "{info}");
 }
+
+/// Operator details: `info` with a node down shows the others and marks it
+/// (exit 1); `--node` past the cluster, an empty or oversized key and an
+/// address without a port are bad usage (exit 2); with `--json`, errors are
+/// JSON too.
+#[test]
+fn info_with_a_node_down_and_clear_usage_errors() {
+    let mut cluster = Cluster::start(3, &[]);
+    let first = cluster.addresses[0].clone();
+    cluster.nodes[2].kill9();
+    let (code, out, err) = admin(&["--addresses", &first, "info"], None);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.lines().filter(|l| l.contains("serving")).count() == 2, "{out}");
+    assert!(out.contains(&cluster.addresses[2]) && out.contains("unreachable"), "{out}");
+    let (code, out, _) = admin(&["--addresses", &first, "--json", "info"], None);
+    assert_eq!(code, 1);
+    let rows: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert!(rows.as_array().unwrap().iter().any(|r| r["unreachable"] == true && r["node_id"] == 2), "{rows}");
+
+    let long = "k".repeat(1025);
+    for args in [
+        &["--addresses", first.as_str(), "info", "--node", "7"][..],
+        &["--addresses", first.as_str(), "get", ""],
+        &["--addresses", first.as_str(), "put", "--ttl", "1h", long.as_str()],
+        &["--addresses", "127.0.0.1", "get", "k"],
+        &["--addresses", "http://", "get", "k"],
+    ] {
+        let (code, _, err) = admin(args, None);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    let (code, out, err) = admin(&["--json", "--addresses", first.as_str(), "info", "--node", "7"], None);
+    assert_eq!(code, 2, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("3 nodes"), "{v}");
+    assert_eq!(v["error"]["exit_code"], 2);
+}

@@ -354,3 +354,68 @@ fn no_tokens_on_a_non_loopback_address_refuses_to_start() {
     ]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+/// What a black-box attempt found: a named pipe or a missing file in place
+/// of the token file stalls nothing and keeps the tokens (and says so);
+/// two Authorization headers are refused; OPTIONS is open on /info only;
+/// refusals from many addresses do not flood the log.
+#[test]
+fn hostile_token_files_and_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let t = Tokens::new();
+    std::fs::write(&file, t.file_text()).unwrap();
+    let node = start(&file, &[]);
+    let info = |token: &str| call(&node, "GET", "/info", &json!(null), Some(token)).status;
+
+    // A named pipe in place of the file.
+    std::fs::remove_file(&file).unwrap();
+    let c = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    wait_until("the node to refuse the pipe", Duration::from_secs(10), || {
+        node.log().contains("not a regular file")
+    });
+    assert_eq!(info(&t.read), 200, "the node stalled on the pipe or dropped its tokens");
+    assert_eq!(common::request(&node.addr, "GET", "/readyz", &[], b"").status, 200);
+    // No file at all: the tokens stay, and the log says an empty file is the way to revoke.
+    std::fs::remove_file(&file).unwrap();
+    wait_until("the node to report the missing file", Duration::from_secs(10), || {
+        node.log().contains("an empty file revokes them all")
+    });
+    assert_eq!(info(&t.read), 200);
+    replace(&file, "# nobody\n");
+    wait_until("an empty file to revoke every token", Duration::from_secs(10), || info(&t.admin) == 401);
+
+    // Two Authorization headers: refused whatever they hold.
+    replace(&file, &t.file_text());
+    wait_until("the tokens to be back", Duration::from_secs(10), || info(&t.read) == 200);
+    let (a, b) = (format!("Bearer {}", t.admin), format!("Bearer {}", t.read));
+    let r = request(&node.addr, "GET", "/info", &[("Authorization", &a), ("Authorization", &b)], b"");
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    // OPTIONS: the status page's preflight only.
+    assert_eq!(request(&node.addr, "OPTIONS", "/info", &[], b"").status, 204);
+    for path in ["/put", "/scale", "/nope"] {
+        assert_eq!(request(&node.addr, "OPTIONS", path, &[], b"").status, 401, "OPTIONS {path}");
+    }
+
+    // 50 source addresses, each refused once: at most 10 log lines a second.
+    let before = node.log().matches("refused ").count();
+    let started = Instant::now();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for i in 2..52u8 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(std::net::SocketAddr::from(([127, 0, 0, i], 0))).unwrap();
+            let mut conn = socket.connect(node.addr.parse().unwrap()).await.unwrap();
+            conn.write_all(b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut answer = Vec::new();
+            conn.read_to_end(&mut answer).await.unwrap();
+            assert!(answer.starts_with(b"HTTP/1.1 401"), "{}", String::from_utf8_lossy(&answer));
+        }
+    });
+    let seconds = started.elapsed().as_secs() + 1;
+    let logged = (node.log().matches("refused ").count() - before) as u64;
+    assert!(logged >= 1 && logged <= 10 * seconds, "{logged} lines for 50 peers in {seconds} s");
+}

@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 success, 1 a failed operation, 2 bad usage.
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,6 +64,7 @@ enum Command {
     Get { keys: Vec<String> },
     /// Deduplicate: which keys existed; stores the others.
     Claim {
+        /// Time to live of the keys stored, e.g. 24h, 90m, 3600s.
         #[arg(long, value_parser = parse_ttl)]
         ttl: Duration,
         keys: Vec<String>,
@@ -104,8 +105,10 @@ enum Command {
     },
     /// Which ranges move, and where, when the cluster goes from N to M nodes.
     Plan {
+        /// Nodes before.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         from: u32,
+        /// Nodes after.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         to: u32,
     },
@@ -115,8 +118,10 @@ enum Command {
         /// Distinct keys to put.
         #[arg(long, default_value_t = 1_000_000)]
         keys: u64,
+        /// Bytes per key.
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
         key_len: u64,
+        /// Keys per request.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         batch: u64,
         /// Concurrent batches in flight.
@@ -125,10 +130,12 @@ enum Command {
         /// Fraction of the gets that ask for a stored key.
         #[arg(long, default_value_t = 0.5)]
         hit_ratio: f64,
+        /// Time to live of the keys put.
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
-        /// Send plain JSON to the first address instead of using the client
-        /// (binary fast path).
+        /// Send plain JSON (over plain HTTP) to the one node of --addresses
+        /// instead of using the client (binary fast path); needs a single-node
+        /// cluster.
         #[arg(long, conflicts_with = "redis")]
         json_api: bool,
         /// Load a Redis server at this address instead, the same way
@@ -145,8 +152,10 @@ enum Command {
     /// Run a local cluster of N nodes on consecutive ports over a shared
     /// folder store; Ctrl-C stops them all.
     LocalCluster {
+        /// How many nodes.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
         nodes: u32,
+        /// Node i listens on 127.0.0.1:<base-port + i>.
         #[arg(long, default_value_t = 50051)]
         base_port: u16,
         /// Data dirs and the object store folder go here (apart from a
@@ -178,6 +187,7 @@ fn parse_token_name(s: &str) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = JSON_ERRORS.set(cli.json);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -188,14 +198,40 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("keydb-admin: {e:#}");
+            if e.downcast_ref::<Reported>().is_none() {
+                report(&format!("{e:#}"), 1);
+            }
             ExitCode::FAILURE
         }
     }
 }
 
+/// A failure already described in the command's own output (exit 1).
+#[derive(Debug)]
+struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("see the output")
+    }
+}
+
+impl std::error::Error for Reported {}
+
+/// Whether errors are printed as JSON (`--json`), set once in `main`.
+static JSON_ERRORS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Prints an error (JSON on stdout with `--json`, else a line on stderr).
+fn report(message: &str, code: u8) {
+    if JSON_ERRORS.get().copied().unwrap_or(false) {
+        print_json(&serde_json::json!({"error": {"message": message, "exit_code": code}}));
+    } else {
+        eprintln!("keydb-admin: {message}");
+    }
+}
+
 fn usage(message: &str) -> ! {
-    eprintln!("keydb-admin: {message}");
+    report(message, 2);
     std::process::exit(2)
 }
 
@@ -234,17 +270,29 @@ fn token(cli: &Cli) -> Option<String> {
     std::env::var("KEYDB_TOKEN").ok().filter(|t| !t.is_empty())
 }
 
-/// Keys from the arguments, or one per line on stdin.
+/// Keys from the arguments, or one per line on stdin (blank lines skipped);
+/// an empty or oversized argument is bad usage.
 fn keys(args: &[String]) -> Result<Vec<String>> {
-    if !args.is_empty() {
-        return Ok(args.to_vec());
+    let keys: Vec<String> = if args.is_empty() {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .filter(|l| !matches!(l, Ok(s) if s.is_empty()))
+            .collect::<Result<_, _>>()
+            .context("reading keys from stdin")?
+    } else {
+        args.to_vec()
+    };
+    for (i, k) in keys.iter().enumerate() {
+        if k.is_empty() || k.len() > keydb::fingerprint::MAX_KEY_LEN {
+            usage(&format!(
+                "key {i} is {} bytes: keys are 1..={} bytes",
+                k.len(),
+                keydb::fingerprint::MAX_KEY_LEN
+            ));
+        }
     }
-    std::io::stdin()
-        .lock()
-        .lines()
-        .filter(|l| !matches!(l, Ok(s) if s.is_empty()))
-        .collect::<Result<_, _>>()
-        .context("reading keys from stdin")
+    Ok(keys)
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -341,6 +389,9 @@ async fn run(cli: Cli) -> Result<()> {
             if !(0.0..=1.0).contains(hit_ratio) {
                 usage("--hit-ratio must be between 0 and 1");
             }
+            if *json_api && cli.addresses.len() != 1 {
+                usage("--json-api sends every key to the one node of --addresses: give a single-node cluster's address");
+            }
             let config = BenchConfig {
                 keys: *keys,
                 key_len: *key_len as usize,
@@ -371,20 +422,56 @@ fn print_answers(cli: &Cli, keys: &[String], answers: &[bool], field: &str, yes:
     }
 }
 
+/// `info`: every node of the view (or one); a node that does not answer is
+/// shown as unreachable (and the exit code is 1) while the others show.
 async fn info(cli: &Cli, only: Option<u32>) -> Result<()> {
     let client = client(cli);
-    let first = client.get_node_info(only.unwrap_or(0)).await?;
+    // The view, from the first configured node that answers.
+    let mut first = None;
+    let mut last_error = None;
+    for address in &cli.addresses {
+        match client.get_info_at(address).await {
+            Ok(i) => {
+                first = Some(i);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let Some(first) = first else {
+        bail!("no node answers: {}", last_error.map_or_else(String::new, |e| e.to_string()));
+    };
     let nodes: Vec<u32> = match only {
-        Some(n) => vec![n],
+        Some(n) if n < first.cluster_size => vec![n],
+        Some(n) => usage(&format!(
+            "--node {n}: the cluster has {} nodes (0..={})",
+            first.cluster_size,
+            first.cluster_size - 1
+        )),
         None => (0..first.cluster_size).collect(),
     };
     let mut infos = Vec::new();
+    let mut down = Vec::new();
     for node in nodes {
-        infos.push(client.get_node_info(node).await?);
+        let address = first.addresses[node as usize].clone();
+        match client.get_info_at(&address).await {
+            Ok(i) => infos.push(i),
+            Err(e) => down.push((node, address, e.to_string())),
+        }
     }
+    let outcome = match down.len() {
+        0 => Ok(()),
+        n => Err(anyhow::anyhow!("{n} node(s) unreachable")),
+    };
     if cli.json {
-        print_json(&serde_json::to_value(&infos)?);
-        return Ok(());
+        let mut rows: Vec<serde_json::Value> =
+            infos.iter().map(serde_json::to_value).collect::<Result<_, _>>()?;
+        rows.extend(down.iter().map(|(node, address, error)| {
+            serde_json::json!({"node_id": node, "address": address, "unreachable": true, "error": error})
+        }));
+        print_json(&serde_json::Value::Array(rows));
+        // The rows say which nodes are unreachable: no second document.
+        return outcome.map_err(|_| Reported.into());
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     println!(
@@ -414,7 +501,10 @@ async fn info(cli: &Cli, only: Option<u32>) -> Result<()> {
             snapshot
         );
     }
-    Ok(())
+    for (node, address, error) in &down {
+        println!("{node:<4} {address:<22} {:>6} {:>12} {:>14}  unreachable: {error}", "-", "-", "-");
+    }
+    outcome
 }
 
 fn plan(cli: &Cli, from: u32, to: u32) -> Result<()> {
@@ -497,9 +587,26 @@ async fn local_cluster(nodes: u32, base_port: u16, dir: &std::path::Path) -> Res
     }
     println!("Try: keydb-admin --addresses {} info", addresses[0]);
     println!("Ctrl-C stops every node.");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    // Says so when a node dies (the others keep running).
+    let mut reported = vec![false; children.len()];
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = check.tick() => {
+                for (id, child) in children.iter_mut().enumerate() {
+                    if let (false, Ok(Some(status))) = (reported[id], child.try_wait()) {
+                        reported[id] = true;
+                        eprintln!(
+                            "keydb-admin: node {id} ({}) exited with {status}; see {}",
+                            addresses[id],
+                            dir.join(format!("node-{id}.log")).display()
+                        );
+                    }
+                }
+            }
+        }
     }
     println!("stopping...");
     stop_all(&mut children);
@@ -618,6 +725,12 @@ async fn scale(
     let client = client(cli);
     let info = client.get_node_info(0).await?;
     let old = info.addresses.clone();
+    let bare = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .map(|a| a.trim_start_matches("https://").trim_start_matches("http://").to_string())
+            .collect()
+    };
+    let (to, add) = (&bare(to)[..], &bare(add)[..]);
     let next: Vec<String> = match (to.is_empty(), add.is_empty(), remove) {
         (false, true, None) => to.to_vec(),
         // Addresses already in the list: a scale adding them was started
@@ -662,37 +775,55 @@ async fn scale(
     say(format!("[3/4] waiting for {moved} ranges to be handed off and loaded (epoch {epoch})"));
     let mut everyone: Vec<String> = old.clone();
     everyone.extend(next.iter().filter(|a| !old.contains(a)).cloned());
-    let mut last_line = String::new();
+    // On a terminal the progress line is updated in place; elsewhere a line
+    // is printed when the progress (not the clock or the key count) changes.
+    let in_place = !cli.json && std::io::stderr().is_terminal();
+    let mut last_progress = String::new();
     loop {
         let (mut loading, mut draining, mut keys) = (0usize, 0usize, 0u64);
-        let mut unreachable = Vec::new();
+        let (mut unreachable, mut behind) = (Vec::new(), Vec::new());
         for address in &everyone {
             match client.get_info_at(address).await {
-                Ok(i) if i.epoch >= epoch => {
+                Ok(i) if i.epoch > epoch => bail!(
+                    "{address} is on epoch {}, past this scale's {epoch}: another scale has started since; \
+                     see `keydb-admin info`",
+                    i.epoch
+                ),
+                Ok(i) if i.epoch == epoch => {
                     loading += i.ranges_loading.len();
                     draining += i.ranges_draining.len();
                     keys += i.keys_count;
                 }
-                Ok(_) => loading += 1, // has not adopted the new view yet
+                Ok(i) => {
+                    // Has not adopted the new view yet (it re-reads it by itself).
+                    loading += 1;
+                    behind.push(format!("{address} on epoch {}", i.epoch));
+                }
                 Err(_) => unreachable.push(address.clone()),
             }
         }
-        let line = format!(
-            "      loaded {}/{moved}, handed off {}/{moved}, {keys} keys, {:.1}s{}",
+        let mut progress = format!(
+            "loaded {}/{moved}, handed off {}/{moved}",
             moved.saturating_sub(loading),
-            moved.saturating_sub(draining),
-            started.elapsed().as_secs_f64(),
-            if unreachable.is_empty() {
-                String::new()
-            } else {
-                format!(", unreachable: {}", unreachable.join(","))
-            }
+            moved.saturating_sub(draining)
         );
-        if line != last_line {
-            say(line.clone());
-            last_line = line;
+        if !behind.is_empty() {
+            progress.push_str(&format!(", behind: {}", behind.join(", ")));
         }
+        if !unreachable.is_empty() {
+            progress.push_str(&format!(", unreachable: {}", unreachable.join(",")));
+        }
+        let line = format!("      {progress}, {keys} keys, {:.1}s", started.elapsed().as_secs_f64());
+        if in_place {
+            eprint!("\r{line}\x1b[K");
+        } else if progress != last_progress {
+            say(line);
+        }
+        last_progress = progress;
         if loading == 0 && draining == 0 && unreachable.is_empty() {
+            if in_place {
+                eprintln!();
+            }
             break;
         }
         if std::time::Instant::now() > deadline {

@@ -19,6 +19,9 @@ use crate::metrics::{RefusalLabels, METRICS};
 /// `other`, so that probing paths cannot grow the label set.
 const ROUTES: &[&str] =
     &["/put", "/get", "/claim", "/info", "/metrics", "/createSnapshots", "/scale", "/scaleComplete"];
+/// Refusal lines logged a second at most, whatever the peers (many
+/// addresses, e.g. IPv6, must not flood the log either).
+const MAX_LINES_PER_SECOND: u32 = 10;
 /// Peers remembered for the log's rate limit before the memory is reset.
 const MAX_PEERS_REMEMBERED: usize = 4096;
 const LOG_EVERY: Duration = Duration::from_secs(1);
@@ -31,7 +34,15 @@ pub struct Gate {
     /// or `KEYDB_INSECURE_NO_AUTH`).
     tokens: Option<RwLock<Arc<Tokens>>>,
     metrics_open: bool,
-    last_logged: Mutex<HashMap<IpAddr, Instant>>,
+    last_logged: Mutex<Logged>,
+}
+
+/// What the refusal log's rate limits remember.
+#[derive(Default)]
+struct Logged {
+    by_peer: HashMap<IpAddr, Instant>,
+    /// The current second's start and lines logged in it.
+    second: Option<(Instant, u32)>,
 }
 
 impl Gate {
@@ -49,17 +60,21 @@ impl Gate {
 
     fn check(&self, req: &ServiceRequest) -> Result<(), ApiError> {
         let Some(tokens) = &self.tokens else { return Ok(()) };
-        // A CORS preflight carries no credentials and reaches no data.
-        if req.method() == actix_web::http::Method::OPTIONS {
+        // The status page's CORS preflight carries no credentials and
+        // reaches no data; any other OPTIONS needs a token like the rest.
+        if req.method() == actix_web::http::Method::OPTIONS && req.path() == "/info" {
             return Ok(());
         }
         let Some(needed) = required_scope(req.path(), self.metrics_open) else { return Ok(()) };
         let tokens = tokens.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let presented = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer);
+        let mut values = req.headers().get_all(actix_web::http::header::AUTHORIZATION);
+        let first = values.next();
+        if values.next().is_some() {
+            // Which one a proxy meant is anybody's guess: refuse both.
+            self.refused(req, needed, "unknown");
+            return Err(ApiError::BadRequest("more than one Authorization header".into()));
+        }
+        let presented = first.and_then(|v| v.to_str().ok()).and_then(bearer);
         let refusal = match presented {
             None => ("missing", ApiError::Unauthorized),
             Some(token) => match tokens.lookup(token) {
@@ -88,16 +103,31 @@ impl Gate {
             .get_or_create(&RefusalLabels { route: route.into(), reason: reason.into() })
             .inc();
         let peer = req.peer_addr().map(|a| a.ip());
-        if let Some(ip) = peer {
+        {
             let now = Instant::now();
-            let mut last = self.last_logged.lock().unwrap_or_else(|e| e.into_inner());
-            if last.get(&ip).is_some_and(|t| now.duration_since(*t) < LOG_EVERY) {
+            let mut logged = self.last_logged.lock().unwrap_or_else(|e| e.into_inner());
+            let lines = match logged.second {
+                Some((start, n)) if now.duration_since(start) < LOG_EVERY => n,
+                _ => {
+                    logged.second = Some((now, 0));
+                    0
+                }
+            };
+            if lines >= MAX_LINES_PER_SECOND {
                 return;
             }
-            if last.len() >= MAX_PEERS_REMEMBERED {
-                last.clear();
+            if let Some(ip) = peer {
+                if logged.by_peer.get(&ip).is_some_and(|t| now.duration_since(*t) < LOG_EVERY) {
+                    return;
+                }
+                if logged.by_peer.len() >= MAX_PEERS_REMEMBERED {
+                    logged.by_peer.clear();
+                }
+                logged.by_peer.insert(ip, now);
             }
-            last.insert(ip, now);
+            if let Some((_, n)) = logged.second.as_mut() {
+                *n += 1;
+            }
         }
         let peer = peer.map_or_else(|| "an unknown peer".to_string(), |ip| ip.to_string());
         log::warn!("refused {} {} from {peer}: {reason} token ({needed} needed)", req.method(), route);
