@@ -375,6 +375,15 @@ async fn resolve_view(
         match layout::read_view(store).await {
             Ok(Some(view)) => break view,
             Err(restore::RestoreError::Mismatch(e)) => return Err(StartError::Config(e)),
+            // A wrong secret, an unknown key id, no such bucket: no retry
+            // will fix the settings.
+            Err(restore::RestoreError::Store(e)) if e.setting.is_some() => {
+                return Err(StartError::Config(format!(
+                    "{} refuses the node's requests, check {}: {e}",
+                    store.describe(),
+                    e.setting.unwrap_or_default()
+                )));
+            }
             Ok(None) if identity.is_some() => {
                 // unwrap: checked just above.
                 let id = identity.unwrap();

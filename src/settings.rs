@@ -355,6 +355,11 @@ impl Settings {
             (None, Some(_)) => StorageBackend::S3,
             (None, None) => StorageBackend::Fs,
         };
+        match (&access_key_id, &secret_access_key) {
+            (Some(_), None) => p.problem("storage_accesskey", "", "the secret of KEYDB_STORAGE_ACCESSKEYID"),
+            (None, Some(_)) => p.problem("storage_accesskeyid", "", "the key id of KEYDB_STORAGE_ACCESSKEY"),
+            _ => {}
+        }
         if backend == StorageBackend::S3 && bucket.is_none() {
             p.problem("storage_bucket", "", "a bucket name when KEYDB_STORAGE_BACKEND is s3");
         }

@@ -36,11 +36,31 @@ pub struct StoreError {
     pub op: &'static str,
     pub key: String,
     pub message: String,
+    /// The setting a permanent failure points at (a wrong secret, an
+    /// unknown key id, a missing bucket): retrying will not help.
+    pub setting: Option<&'static str>,
 }
 
 impl StoreError {
     fn new(op: &'static str, key: &str, message: impl ToString) -> Self {
-        StoreError { op, key: key.to_string(), message: message.to_string() }
+        StoreError { op, key: key.to_string(), message: message.to_string(), setting: None }
+    }
+
+    /// An S3 failure, with the setting its error code blames if any.
+    fn s3<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        op: &'static str,
+        key: &str,
+        e: &SdkError<E, HttpResponse>,
+    ) -> Self {
+        let code = e.as_service_error().and_then(|s| s.code());
+        let setting = match code {
+            Some("SignatureDoesNotMatch") => Some("KEYDB_STORAGE_ACCESSKEY"),
+            Some("InvalidAccessKeyId") | Some("AccessDenied") => Some("KEYDB_STORAGE_ACCESSKEYID"),
+            Some("NoSuchBucket") | Some("InvalidBucketName") => Some("KEYDB_STORAGE_BUCKET"),
+            Some("AuthorizationHeaderMalformed") | Some("PermanentRedirect") => Some("KEYDB_STORAGE_REGION"),
+            _ => None,
+        };
+        StoreError { setting, ..StoreError::new(op, key, error_chain(e)) }
     }
 }
 
@@ -497,7 +517,7 @@ impl S3Store {
             .body(ByteStream::from(data))
             .send()
             .await
-            .map_err(|e| StoreError::new("put", key, error_chain(&e)))?;
+            .map_err(|e| StoreError::s3("put", key, &e))?;
         Ok(())
     }
 
@@ -506,7 +526,7 @@ impl S3Store {
         let output = match response {
             Ok(o) => o,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(StoreError::new("get", key, error_chain(&e))),
+            Err(e) => return Err(StoreError::s3("get", key, &e)),
         };
         let body = output.body.collect().await.map_err(|e| StoreError::new("get", key, e))?;
         Ok(Some(body.into_bytes().to_vec()))
@@ -517,7 +537,7 @@ impl S3Store {
         let output = match response {
             Ok(o) => o,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(StoreError::new("get", key, error_chain(&e))),
+            Err(e) => return Err(StoreError::s3("get", key, &e)),
         };
         let version =
             output.e_tag.clone().ok_or_else(|| StoreError::new("get", key, "no ETag in the answer"))?;
@@ -543,7 +563,7 @@ impl S3Store {
         let current = match response {
             Ok(o) => Some(o.e_tag.ok_or_else(|| StoreError::new("put_if", key, "no ETag in the answer"))?),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => None,
-            Err(e) => return Err(StoreError::new("put_if", key, error_chain(&e))),
+            Err(e) => return Err(StoreError::s3("put_if", key, &e)),
         };
         if current.as_deref().map(unquoted) != expected.map(unquoted) {
             return Ok(CasOutcome::Conflict);
@@ -587,7 +607,7 @@ impl S3Store {
                 let unsupported = e.raw_response().map(|r| r.status().as_u16()).is_some_and(|s| {
                     (400..500).contains(&s) && s != 408 && s != 429 && !transient || s == 501
                 });
-                let e = StoreError::new("put_if", key, error_chain(&e));
+                let e = StoreError::s3("put_if", key, &e);
                 Err(if unsupported { ConditionalError::Unsupported(e) } else { ConditionalError::Failed(e) })
             }
         }
@@ -600,7 +620,7 @@ impl S3Store {
             .key(self.key(key))
             .send()
             .await
-            .map_err(|e| StoreError::new("delete", key, error_chain(&e)))?;
+            .map_err(|e| StoreError::s3("delete", key, &e))?;
         Ok(())
     }
 }
