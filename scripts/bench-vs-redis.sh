@@ -8,11 +8,13 @@
 # persistence) on 127.0.0.1, puts N distinct keys into each in batches
 # (KeyDB: the client's binary fast path; Redis: pipelined `SET k 1 EX ttl`,
 # one connection per concurrent batch), then gets them back mixed with as
-# many absent keys (Redis: pipelined `EXISTS`). Every answer is checked.
+# many absent keys (Redis: pipelined `EXISTS`), then claims the dedup way, a
+# mix of seen and new keys (Redis: pipelined `SET k 1 NX EX ttl`). Every
+# answer is checked.
 # Measures each server's RSS growth, then KeyDB's get p99 with and without a
 # full snapshot of all keys being written, and how long a `kill -9`ed node
 # holding every key takes to be ready again. The last line is:
-#   RESULT put_ratio=<keydb/redis> get_ratio=<keydb/redis> keydb_bytes_per_key=<n> redis_bytes_per_key=<n>
+#   RESULT put_ratio=<keydb/redis> get_ratio=<keydb/redis> claim_ratio=<keydb/redis> keydb_bytes_per_key=<n> redis_bytes_per_key=<n>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +63,9 @@ common=(--keys "$KEYS" --batch "$BATCH" --concurrency "$CONCURRENCY" --key-len "
 echo "loading $KEYS keys into redis (port $rport) and keydb (port $kport), batches of $BATCH, $CONCURRENCY concurrent" >&2
 r0=$(rss "$rpid"); "$ADMIN" bench --redis "127.0.0.1:$rport" "${common[@]}" > "$tmp/redis.json"; r1=$(rss "$rpid")
 k0=$(rss "$kpid"); "$ADMIN" --addresses "127.0.0.1:$kport" bench "${common[@]}" > "$tmp/keydb.json"; k1=$(rss "$kpid")
+# The dedup call, once memory is measured: half seen keys, half new ones.
+"$ADMIN" bench --redis "127.0.0.1:$rport" "${common[@]}" --skip-put --claim > "$tmp/redis-claim.json"
+"$ADMIN" --addresses "127.0.0.1:$kport" bench "${common[@]}" --skip-put --claim > "$tmp/keydb-claim.json"
 
 # Snapshot impact: the same reads, idle and while a full snapshot of every key is written.
 SNAP_KEYS=$(( KEYS < 2000000 ? KEYS : 2000000 ))
@@ -98,18 +103,21 @@ restart = float(sys.argv[7])
 def phases(name):
     return {p["name"]: p for p in json.load(open(f"{tmp}/{name}.json"))}
 redis, keydb = phases("redis"), phases("keydb")
+redis["claim"], keydb["claim"] = phases("redis-claim")["claim"], phases("keydb-claim")["claim"]
 idle, during = phases("idle")["get"], phases("during")["get"]
 rb, kb = (r1 - r0) / keys, (k1 - k0) / keys
 print(f"{'':22}{'keydb':>14}{'redis':>14}{'ratio':>10}")
-for op in ("put", "get"):
+for op in ("put", "get", "claim"):
     k, r = keydb[op]["keys_per_sec"], redis[op]["keys_per_sec"]
     print(f"{op + ' keys/s':22}{k:>14,.0f}{r:>14,.0f}{k / r:>10.2f}")
     print(f"{op + ' p99 per batch (ms)':22}{keydb[op]['batch_p99_ms']:>14.2f}{redis[op]['batch_p99_ms']:>14.2f}")
 print(f"{'bytes/key (RSS)':22}{kb:>14.1f}{rb:>14.1f}{kb / rb:>10.2f}")
 print(f"keydb get p99 per batch: {idle['batch_p99_ms']:.2f} ms idle, {during['batch_p99_ms']:.2f} ms during a full "
       f"snapshot ({during['batch_p99_ms'] / idle['batch_p99_ms']:.2f}x)")
-print(f"keydb restart holding {keys:,} keys: {restart:.1f} s from kill -9 to ready")
+print(f"keydb restart holding {keys:,} keys and the claims' new ones: {restart:.1f} s from kill -9 to ready")
 put_ratio = keydb["put"]["keys_per_sec"] / redis["put"]["keys_per_sec"]
 get_ratio = keydb["get"]["keys_per_sec"] / redis["get"]["keys_per_sec"]
-print(f"RESULT put_ratio={put_ratio:.2f} get_ratio={get_ratio:.2f} keydb_bytes_per_key={kb:.1f} redis_bytes_per_key={rb:.1f}")
+claim_ratio = keydb["claim"]["keys_per_sec"] / redis["claim"]["keys_per_sec"]
+print(f"RESULT put_ratio={put_ratio:.2f} get_ratio={get_ratio:.2f} claim_ratio={claim_ratio:.2f} "
+      f"keydb_bytes_per_key={kb:.1f} redis_bytes_per_key={rb:.1f}")
 PY

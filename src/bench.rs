@@ -49,6 +49,10 @@ pub struct BenchConfig {
     /// Skip the put phase (the keys were put by an earlier run with the
     /// same prefix).
     pub skip_put: bool,
+    /// After the gets, a claim phase: the dedup call on a mix of seen keys
+    /// (put before, in the `hit_ratio` share) and new ones; every answer is
+    /// checked. Runs with a fresh set of new keys each time.
+    pub claim: bool,
 }
 
 impl BenchConfig {
@@ -118,6 +122,35 @@ impl Target {
                     Some(bad) => Err(BenchError::Wrong(format!("SET answered {bad}"))),
                     None => Ok(()),
                 }
+            }
+        }
+    }
+
+    /// For each key: did it exist? The new ones are stored (Redis: pipelined
+    /// `SET k 1 NX EX ttl`, where a nil reply means it existed).
+    async fn claim(&self, keys: &[String], ttl: Duration) -> Result<Vec<bool>, BenchError> {
+        match &self.wire {
+            Wire::Client => Ok(self.client.claim(keys, ttl).await?),
+            Wire::Json => {
+                let body = serde_json::json!({"keys": keys, "ttl_seconds": ttl.as_secs()});
+                let v = self.json("/claim", body).await?;
+                serde_json::from_value(v["existed"].clone()).map_err(|e| BenchError::Http(e.to_string()))
+            }
+            Wire::Redis(address) => {
+                let ttl = ttl.as_secs().to_string();
+                let mut out = Vec::with_capacity(keys.len() * 64);
+                for k in keys {
+                    resp_command(&mut out, &[b"SET", k.as_bytes(), b"1", b"NX", b"EX", ttl.as_bytes()]);
+                }
+                let replies = self.redis_pipeline(address, &out, keys.len()).await?;
+                replies
+                    .iter()
+                    .map(|r| match r.as_str() {
+                        "+OK" => Ok(false),
+                        "$-1" => Ok(true),
+                        other => Err(BenchError::Wrong(format!("SET NX answered {other}"))),
+                    })
+                    .collect()
             }
         }
     }
@@ -254,7 +287,7 @@ pub async fn run(
         phases.push(put);
     }
 
-    let get = phase("get", &cfg, batches, progress, {
+    let get = phase("get", &cfg, batches, progress.clone(), {
         let (target, cfg, prefix) = (target.clone(), cfg.clone(), prefix.clone());
         move |b| {
             let (target, cfg, prefix) = (target.clone(), cfg.clone(), prefix.clone());
@@ -279,6 +312,40 @@ pub async fn run(
     })
     .await?;
     phases.push(get);
+    if cfg.claim {
+        let claim = phase("claim", &cfg, batches, progress, {
+            let (target, cfg, prefix) = (target.clone(), cfg.clone(), prefix.clone());
+            // New keys of this run only, so that each claim of one is first.
+            let fresh = format!("{prefix}c{run_id:x}-");
+            move |b| {
+                let (target, cfg, prefix, fresh) =
+                    (target.clone(), cfg.clone(), prefix.clone(), fresh.clone());
+                async move {
+                    let std::ops::Range { start, end } = cfg.batch_keys(b);
+                    let seen = |i: u64| ((i * 2_654_435_761) % 1000) < (cfg.hit_ratio * 1000.0) as u64;
+                    let keys: Vec<String> =
+                        (start..end)
+                            .map(|i| {
+                                if seen(i) {
+                                    key(&prefix, i, cfg.key_len)
+                                } else {
+                                    key(&fresh, i, cfg.key_len)
+                                }
+                            })
+                            .collect();
+                    let answers = target.claim(&keys, cfg.ttl).await?;
+                    for (i, (k, &a)) in (start..end).zip(keys.iter().zip(&answers)) {
+                        if a != seen(i) {
+                            return Err(BenchError::Wrong(format!("claim({k}) answered existed={a}")));
+                        }
+                    }
+                    Ok(keys.len() as u64)
+                }
+            }
+        })
+        .await?;
+        phases.push(claim);
+    }
     Ok(phases)
 }
 

@@ -219,3 +219,34 @@ fn info_with_a_node_down_and_clear_usage_errors() {
     assert!(v["error"]["message"].as_str().unwrap().contains("3 nodes"), "{v}");
     assert_eq!(v["error"]["exit_code"], 2);
 }
+
+/// `bench` checks every answer it gets: puts, gets of present and absent
+/// keys, and with `--claim` the dedup call on seen and new keys, through the
+/// client and through JSON.
+#[test]
+fn bench_checks_every_answer_including_claims() {
+    let node = common::Node::start();
+    for wire in [&[][..], &["--json-api"][..]] {
+        let mut args = vec![
+            "--addresses",
+            node.addr.as_str(),
+            "--json",
+            "bench",
+            "--keys",
+            "5000",
+            "--batch",
+            "500",
+            "--claim",
+        ];
+        args.extend_from_slice(wire);
+        let phases = json(&args, None);
+        let names: Vec<&str> =
+            phases.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["put", "get", "claim"], "{wire:?}");
+        assert!(phases.as_array().unwrap().iter().all(|p| p["keys"] == 5000), "{phases}");
+    }
+    // Half of the claims were new keys, now stored: 2 runs x 5000 puts + the new ones.
+    let (_, info) = node.get_json("/info");
+    let stored = info["keys_count"].as_u64().unwrap();
+    assert!(stored > 10_000 && stored < 20_000, "{stored}");
+}

@@ -148,6 +148,10 @@ enum Command {
         /// Only the get phase, over keys an earlier run put (same prefix).
         #[arg(long, requires = "key_prefix")]
         skip_put: bool,
+        /// Then a claim phase (the dedup call): the --hit-ratio share are
+        /// keys put before (answer: existed), the rest new ones (answer: new).
+        #[arg(long)]
+        claim: bool,
     },
     /// Run a local cluster of N nodes on consecutive ports over a shared
     /// folder store; Ctrl-C stops them all.
@@ -385,6 +389,7 @@ async fn run(cli: Cli) -> Result<()> {
             redis,
             key_prefix,
             skip_put,
+            claim,
         } => {
             if !(0.0..=1.0).contains(hit_ratio) {
                 usage("--hit-ratio must be between 0 and 1");
@@ -406,6 +411,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 key_prefix: key_prefix.clone(),
                 skip_put: *skip_put,
+                claim: *claim,
             };
             bench(&cli, config).await
         }
