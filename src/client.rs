@@ -45,6 +45,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::assignment;
 use crate::fingerprint::{checked_fingerprint, Fingerprint};
@@ -146,12 +149,66 @@ enum Op {
 }
 
 impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::Claim => "claim",
+        }
+    }
+
     fn path(self) -> &'static str {
         match self {
             Op::Get => "/get",
             Op::Put => "/put",
             Op::Claim => "/claim",
         }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct CallLabels {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+/// The client's own counters (atomics: recording never blocks).
+struct ClientMetrics {
+    calls: Family<CallLabels, Counter>,
+    keys: Family<OpLabel, Counter>,
+    retries: Family<OpLabel, Counter>,
+    seconds: Family<OpLabel, Histogram>,
+}
+
+impl Default for ClientMetrics {
+    fn default() -> Self {
+        ClientMetrics {
+            calls: Family::default(),
+            keys: Family::default(),
+            retries: Family::default(),
+            // 100 µs .. ~52 s
+            seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 20))),
+        }
+    }
+}
+
+impl ClientMetrics {
+    fn record(&self, op: Op, keys: u64, error: Option<&ClientError>, elapsed: Duration) {
+        let outcome = match error {
+            None => "ok",
+            Some(ClientError::Unavailable { .. }) => "unavailable",
+            Some(ClientError::OutcomeUnknown { .. }) => "unknown",
+            Some(_) => "rejected",
+        };
+        let op = op.name();
+        self.calls.get_or_create(&CallLabels { op, outcome }).inc();
+        self.keys.get_or_create(&OpLabel { op }).inc_by(keys);
+        self.seconds.get_or_create(&OpLabel { op }).observe(elapsed.as_secs_f64());
     }
 }
 
@@ -190,6 +247,7 @@ pub struct Client {
 
 struct Inner {
     config: Config,
+    metrics: ClientMetrics,
     /// `http` or `https`, for every node.
     scheme: &'static str,
     http: Http,
@@ -254,7 +312,10 @@ impl Client {
             .build(connector);
         let owners = assignment::owners(config.total_hash_ranges, config.addresses.len() as u32);
         let view = View { epoch: 0, addresses: config.addresses.clone(), owners };
-        Ok(Client { inner: Arc::new(Inner { config, scheme, http, view: RwLock::new(Arc::new(view)) }) })
+        let metrics = ClientMetrics::default();
+        Ok(Client {
+            inner: Arc::new(Inner { config, metrics, scheme, http, view: RwLock::new(Arc::new(view)) }),
+        })
     }
 
     /// Stores keys for `ttl` (an existing key keeps the later expiry).
@@ -274,6 +335,23 @@ impl Client {
     pub async fn claim<K: AsRef<[u8]>>(&self, keys: &[K], ttl: Duration) -> Result<Vec<bool>, ClientError> {
         let ttl = check_ttl(ttl)?;
         self.data(Op::Claim, fingerprints(keys)?, ttl).await
+    }
+
+    /// Registers this client's metrics in `registry` (as `keydb_client_*`
+    /// with the registry's own prefix, if any): calls by operation and
+    /// outcome, keys, retries and call latency, for an application that
+    /// exports its own Prometheus metrics.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let m = &self.inner.metrics;
+        let r = registry.sub_registry_with_prefix("keydb_client");
+        r.register(
+            "calls",
+            "Calls by operation and outcome (ok, rejected, unavailable, unknown)",
+            m.calls.clone(),
+        );
+        r.register("keys", "Keys sent by operation", m.keys.clone());
+        r.register("retries", "Retries by operation", m.retries.clone());
+        r.register("call_seconds", "Call latency, retries included, by operation", m.seconds.clone());
     }
 
     /// The settings the client was made with.
@@ -437,6 +515,19 @@ impl Client {
     }
 
     async fn data(&self, op: Op, fps: Vec<Fingerprint>, ttl: u32) -> Result<Vec<bool>, ClientError> {
+        let started = std::time::Instant::now();
+        let keys = fps.len() as u64;
+        let result = self.data_with_retries(op, fps, ttl).await;
+        self.inner.metrics.record(op, keys, result.as_ref().err(), started.elapsed());
+        result
+    }
+
+    async fn data_with_retries(
+        &self,
+        op: Op,
+        fps: Vec<Fingerprint>,
+        ttl: u32,
+    ) -> Result<Vec<bool>, ClientError> {
         self.learn_view().await?;
         let config = &self.inner.config;
         let mut answers = vec![false; if op == Op::Put { 0 } else { fps.len() }];
@@ -540,6 +631,7 @@ impl Client {
                 let (node, address, reason) = last.unwrap_or((0, String::new(), "unknown".into()));
                 return Err(ClientError::Unavailable { node, address, attempts: attempt, reason });
             }
+            self.inner.metrics.retries.get_or_create(&OpLabel { op: op.name() }).inc();
             if wait {
                 tokio::time::sleep(pause).await;
                 delay = delay.saturating_mul(2).min(config.max_retry_delay);

@@ -198,3 +198,43 @@ async fn retry_after_is_honoured_within_the_cap_and_the_deadline() {
         timed(Config { retry_count: 100, deadline: Duration::from_millis(1500), ..Default::default() }).await;
     assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(30), "{took:?}");
 }
+
+/// The client's own metrics, registered in the application's registry:
+/// calls by operation and outcome, keys, retries and latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_metrics_count_calls_keys_and_outcomes() {
+    let node = Node::start();
+    let c = client(&[node.addr.clone()]);
+    let mut registry = prometheus_client::registry::Registry::with_prefix("app");
+    c.register_metrics(&mut registry);
+    c.put(&keys("m", 300), DAY).await.unwrap();
+    c.get(&keys("m", 200)).await.unwrap();
+    c.claim(&keys("m", 10), DAY).await.unwrap();
+    assert!(c.put(&[""], DAY).await.is_err(), "an empty key is refused before any call");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        r#"app_keydb_client_calls_total{op="put",outcome="ok"} 1"#,
+        r#"app_keydb_client_calls_total{op="get",outcome="ok"} 1"#,
+        r#"app_keydb_client_calls_total{op="claim",outcome="ok"} 1"#,
+        r#"app_keydb_client_keys_total{op="put"} 300"#,
+        r#"app_keydb_client_keys_total{op="get"} 200"#,
+        r#"app_keydb_client_call_seconds_count{op="get"} 1"#,
+    ] {
+        assert!(text.contains(line), "no {line} in\n{text}");
+    }
+    // A node that is gone: the retries and the outcome are counted.
+    let gone = Client::new(Config {
+        addresses: vec![format!("127.0.0.1:{}", common::free_port())],
+        retry_delay: Duration::from_millis(10),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("app");
+    gone.register_metrics(&mut registry);
+    assert!(gone.get(&["k"]).await.is_err());
+    text.clear();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains(r#"app_keydb_client_calls_total{op="get",outcome="unavailable"} 1"#), "{text}");
+    assert!(text.contains(r#"app_keydb_client_retries_total{op="get"} 3"#), "{text}");
+}
