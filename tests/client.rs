@@ -204,7 +204,7 @@ async fn retry_after_is_honoured_within_the_cap_and_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_metrics_count_calls_keys_and_outcomes() {
     let node = Node::start();
-    let c = client(&[node.addr.clone()]);
+    let c = client(std::slice::from_ref(&node.addr));
     let mut registry = prometheus_client::registry::Registry::with_prefix("app");
     c.register_metrics(&mut registry);
     c.put(&keys("m", 300), DAY).await.unwrap();
