@@ -1,4 +1,5 @@
-//! Prometheus metrics, served in text format at `GET /metrics`.
+//! Prometheus metrics, served at `GET /metrics` in the Prometheus text
+//! format 0.0.4 or, when asked for, in OpenMetrics.
 //!
 //! One process-wide registry of atomics: recording a sample is a few
 //! relaxed atomic operations and never blocks. Gauges that describe state
@@ -14,6 +15,44 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+/// The exposition formats `GET /metrics` can answer in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4: what every scraper and `promtool
+    /// check metrics` read.
+    Text,
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics if the `Accept` header lists `application/openmetrics-text`
+    /// as acceptable (any version, any q above 0), as Prometheus does when it
+    /// can parse it; text otherwise.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        let wanted = accept.unwrap_or("").split(',').any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("");
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, v)| v.trim().parse::<f64>().ok());
+            media.eq_ignore_ascii_case("application/openmetrics-text") && q.is_some_and(|q| q > 0.0)
+        });
+        if wanted {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -133,6 +172,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Requests refused for a missing or unknown token (401) or a token without the scope (403)",
         Family::default(),
     );
+
     Metrics {
         registry: r,
         requests,
@@ -154,12 +194,15 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 });
 
 impl Metrics {
-    /// The text exposition of every metric.
-    pub fn encode(&self) -> String {
+    /// The exposition of every metric in `format`.
+    pub fn encode(&self, format: Format) -> String {
         let mut out = String::new();
         // A String sink cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => openmetrics_to_text(&out),
+        }
     }
 
     pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
@@ -167,5 +210,98 @@ impl Metrics {
         self.request_seconds
             .get_or_create(&RouteLabel { route: route.into() })
             .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The Prometheus text format 0.0.4 of an OpenMetrics exposition as
+/// prometheus_client writes it. For the metric types registered here the
+/// formats differ only in three ways: a counter's family is named with its
+/// `_total` suffix (OpenMetrics names the family without it, so a 0.0.4
+/// parser sees samples without HELP or TYPE), and 0.0.4 has neither
+/// `# UNIT` nor `# EOF`. No `_created` samples or exemplars are written.
+fn openmetrics_to_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len() + 1024);
+    // prometheus_client writes HELP just before TYPE, which names the type.
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            debug_assert!(help.is_none(), "HELP without TYPE before: {line}");
+            help = Some(rest);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.rsplit_once(' ').unwrap_or((rest, ""));
+            debug_assert!(
+                matches!(kind, "counter" | "gauge" | "histogram" | "summary"),
+                "no 0.0.4 form written for the OpenMetrics type of: {line}"
+            );
+            let name = match kind {
+                "counter" => format!("{name}_total"),
+                _ => name.to_string(),
+            };
+            if let Some(help) = help.take() {
+                let (help_name, text) = help.split_once(' ').unwrap_or((help, ""));
+                debug_assert_eq!(Some(help_name), rest.rsplit_once(' ').map(|(n, _)| n));
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+        } else if line != "# EOF" && !line.starts_with("# UNIT ") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                          version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::from_accept(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::from_accept(Some("Application/OpenMetrics-Text")), Format::OpenMetrics);
+        assert_eq!(
+            Format::from_accept(Some("text/plain, application/openmetrics-text; q=0.2")),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::from_accept(None), Format::Text);
+        assert_eq!(Format::from_accept(Some("*/*")), Format::Text);
+        assert_eq!(Format::from_accept(Some("text/plain;version=0.0.4")), Format::Text);
+        assert_eq!(Format::from_accept(Some("application/openmetrics-text;q=0")), Format::Text);
+        assert_eq!(Format::from_accept(Some("application/openmetrics-text;q=x")), Format::Text);
+    }
+
+    #[test]
+    fn text_format_names_counters_with_total() {
+        let mut registry = Registry::with_prefix("t");
+        let counter: Family<KindLabel, Counter> = Family::default();
+        counter.get_or_create(&KindLabel { kind: "a".into() }).inc();
+        registry.register("events", "Events", counter);
+        registry.register("level", "Level", Gauge::<i64>::default());
+        registry.register_with_unit(
+            "wait",
+            "Waits",
+            prometheus_client::registry::Unit::Seconds,
+            Histogram::new([1.0]),
+        );
+        let mut openmetrics = String::new();
+        prometheus_client::encoding::text::encode(&mut openmetrics, &registry).unwrap();
+        assert!(openmetrics.contains("# TYPE t_events counter\n"), "{openmetrics}");
+        assert_eq!(
+            openmetrics_to_text(&openmetrics),
+            "# HELP t_events_total Events.\n\
+             # TYPE t_events_total counter\n\
+             t_events_total{kind=\"a\"} 1\n\
+             # HELP t_level Level.\n\
+             # TYPE t_level gauge\n\
+             t_level 0\n\
+             # HELP t_wait_seconds Waits.\n\
+             # TYPE t_wait_seconds histogram\n\
+             t_wait_seconds_sum 0.0\n\
+             t_wait_seconds_count 0\n\
+             t_wait_seconds_bucket{le=\"1.0\"} 0\n\
+             t_wait_seconds_bucket{le=\"+Inf\"} 0\n"
+        );
     }
 }

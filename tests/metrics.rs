@@ -1,11 +1,18 @@
-//! `GET /metrics`: Prometheus text that parses line by line and counts what
-//! happened.
+//! `GET /metrics`: Prometheus text that parses line by line, counts what
+//! happened, and passes `promtool` in both formats.
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 use common::{keys, Node};
+
+const PROMTOOL: &str = "/usr/bin/promtool";
+/// What Prometheus sends when it can parse OpenMetrics.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                                 version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 /// Every sample line as (name with labels, value); panics on a line that is
 /// neither a comment nor `name{labels} value`.
@@ -72,4 +79,110 @@ fn metrics_parse_and_count() {
     let m = parse(&String::from_utf8(common::request(&node.addr, "GET", "/metrics", &[], b"").body).unwrap());
     assert_eq!(m.get(r#"keydb_requests_total{route="other",status="404"}"#), Some(&1.0));
     assert!(!m.keys().any(|k| k.contains("no/such")));
+}
+
+fn scrape(node: &Node, accept: Option<&str>) -> common::Response {
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    let r = common::request(&node.addr, "GET", "/metrics", &headers, b"");
+    assert_eq!(r.status, 200);
+    r
+}
+
+fn text(r: &common::Response) -> String {
+    String::from_utf8(r.body.clone()).unwrap()
+}
+
+/// Whether promtool is there to run; in CI it must be.
+fn have_promtool() -> bool {
+    if std::path::Path::new(PROMTOOL).exists() {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "promtool must be installed in CI");
+    eprintln!("NOTE: metrics not checked with promtool: no {PROMTOOL} (apt-get install prometheus)");
+    false
+}
+
+/// Runs promtool with `input` on its stdin; panics with its output unless
+/// it succeeds.
+fn promtool(args: &[&str], input: &str) {
+    let mut child = Command::new(PROMTOOL)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool did not run");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {args:?} failed ({}):\n{}{}\ninput:\n{input}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_pass_promtool_in_both_formats() {
+    if !have_promtool() {
+        return;
+    }
+    let node = Node::start();
+    let k = keys("p", 100);
+    node.put(&k, 3600);
+    node.get(&k);
+    let (status, _) = node.post("/createSnapshots", &serde_json::json!({}));
+    assert_eq!(status, 200);
+
+    // Without an Accept header, or one that does not name OpenMetrics: 0.0.4.
+    for accept in [None, Some("text/plain;version=0.0.4"), Some("*/*")] {
+        let r = scrape(&node, accept);
+        assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"), "{accept:?}");
+        assert_eq!(r.header("vary"), Some("Accept"));
+        let body = text(&r);
+        assert!(!body.contains("# EOF"), "{body}");
+        assert!(body.contains("\n# TYPE keydb_requests_total counter\n"), "{body}");
+        promtool(&["check", "metrics"], &body);
+    }
+    let text_format = text(&scrape(&node, None));
+
+    // `promtool check metrics` reads only the 0.0.4 format (an OpenMetrics
+    // counter's family lacks the `_total` of its samples, so it reports
+    // them without help text). promtool's OpenMetrics parser is the one
+    // behind `tsdb create-blocks-from openmetrics`, which wants every
+    // sample stamped: the test adds one timestamp to each sample line.
+    for accept in [PROMETHEUS_ACCEPT, "application/openmetrics-text"] {
+        let r = scrape(&node, Some(accept));
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            "{accept}"
+        );
+        let body = text(&r);
+        assert!(body.ends_with("\n# EOF\n"), "{body}");
+        assert!(body.contains("\n# TYPE keydb_requests counter\n"), "{body}");
+        let stamped: String = body
+            .lines()
+            .map(
+                |line| {
+                    if line.starts_with('#') {
+                        format!("{line}\n")
+                    } else {
+                        format!("{line} 1700000000\n")
+                    }
+                },
+            )
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("metrics.om");
+        std::fs::write(&input, &stamped).unwrap();
+        let (input, blocks) = (input.to_str().unwrap(), dir.path().join("blocks"));
+        promtool(&["tsdb", "create-blocks-from", "openmetrics", input, blocks.to_str().unwrap()], "");
+
+        // The same series in both formats.
+        let (a, b) = (parse(&text_format), parse(&body));
+        let names = |m: &HashMap<String, f64>| m.keys().cloned().collect::<BTreeSet<_>>();
+        assert_eq!(names(&a), names(&b));
+    }
 }
