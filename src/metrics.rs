@@ -5,6 +5,10 @@
 //! relaxed atomic operations and never blocks. Gauges that describe state
 //! owned by actors (keys stored, ranges by state) are set from the router's
 //! answer at scrape time rather than kept up to date on the request path.
+//!
+//! Every series of a labelled family whose label values are known in
+//! advance exists from the start, at zero: a series that appears only with
+//! its first event leaves `rate()` and alerts on it blind until then.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -15,6 +19,22 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+/// The `route` label of `keys`: the data routes.
+pub const DATA_ROUTES: [&str; 3] = ["/put", "/get", "/claim"];
+/// The `state` label of `ranges`.
+pub const RANGE_STATES: [&str; 3] = ["serving", "loading", "draining"];
+/// The `kind` label of `object_store_errors`: the operations of
+/// [`crate::store::StoreError`] that are counted.
+pub const STORE_OPS: [&str; 5] = ["put", "put_if", "get", "delete", "io"];
+/// The `kind` label of `ranges_moved`.
+pub const MOVE_KINDS: [&str; 2] = ["loaded", "handed_off"];
+/// Routes named as themselves in `auth_refusals`; any other path is
+/// `other`, so that probing paths cannot grow the label set.
+pub const REFUSAL_ROUTES: [&str; 8] =
+    ["/put", "/get", "/claim", "/info", "/metrics", "/createSnapshots", "/scale", "/scaleComplete"];
+/// The `reason` label of `auth_refusals`.
+pub const REFUSAL_REASONS: [&str; 3] = ["missing", "unknown", "scope"];
 
 /// The exposition formats `GET /metrics` can answer in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +193,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Family::default(),
     );
 
-    Metrics {
+    let metrics = Metrics {
         registry: r,
         requests,
         request_seconds,
@@ -190,7 +210,28 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         store_errors,
         ranges_moved,
         auth_refusals,
+    };
+    for route in DATA_ROUTES {
+        metrics.keys.get_or_create(&RouteLabel { route: route.into() }).inc_by(0);
     }
+    for state in RANGE_STATES {
+        metrics.ranges.get_or_create(&StateLabel { state: state.into() }).set(0);
+    }
+    for kind in STORE_OPS {
+        metrics.store_errors.get_or_create(&KindLabel { kind: kind.into() }).inc_by(0);
+    }
+    for kind in MOVE_KINDS {
+        metrics.ranges_moved.get_or_create(&KindLabel { kind: kind.into() }).inc_by(0);
+    }
+    for route in REFUSAL_ROUTES.into_iter().chain(["other"]) {
+        for reason in REFUSAL_REASONS {
+            metrics
+                .auth_refusals
+                .get_or_create(&RefusalLabels { route: route.into(), reason: reason.into() })
+                .inc_by(0);
+        }
+    }
+    metrics
 });
 
 impl Metrics {

@@ -1,5 +1,6 @@
 //! `GET /metrics`: Prometheus text that parses line by line, counts what
-//! happened, and passes `promtool` in both formats.
+//! happened, passes `promtool` in both formats, and starts with its zero
+//! series.
 
 mod common;
 
@@ -184,5 +185,47 @@ fn metrics_pass_promtool_in_both_formats() {
         let (a, b) = (parse(&text_format), parse(&body));
         let names = |m: &HashMap<String, f64>| m.keys().cloned().collect::<BTreeSet<_>>();
         assert_eq!(names(&a), names(&b));
+    }
+}
+
+#[test]
+fn fresh_node_has_its_zero_series() {
+    let node = Node::start();
+    let body = text(&scrape(&node, None));
+    let m = parse(&body);
+    let zero = |series: String| {
+        assert_eq!(m.get(&series), Some(&0.0), "{series} is not 0 in:\n{body}");
+    };
+    for route in ["/put", "/get", "/claim"] {
+        zero(format!(r#"keydb_keys_total{{route="{route}"}}"#));
+    }
+    for state in ["loading", "draining"] {
+        zero(format!(r#"keydb_ranges{{state="{state}"}}"#));
+    }
+    assert_eq!(m.get(r#"keydb_ranges{state="serving"}"#), Some(&128.0));
+    for kind in ["put", "put_if", "get", "delete", "io"] {
+        zero(format!(r#"keydb_object_store_errors_total{{kind="{kind}"}}"#));
+    }
+    for kind in ["loaded", "handed_off"] {
+        zero(format!(r#"keydb_ranges_moved_total{{kind="{kind}"}}"#));
+    }
+    let routes = [
+        "/put",
+        "/get",
+        "/claim",
+        "/info",
+        "/metrics",
+        "/createSnapshots",
+        "/scale",
+        "/scaleComplete",
+        "other",
+    ];
+    for route in routes {
+        for reason in ["missing", "unknown", "scope"] {
+            zero(format!(r#"keydb_auth_refusals_total{{route="{route}",reason="{reason}"}}"#));
+        }
+    }
+    for name in ["keydb_wal_errors_total", "keydb_snapshot_failures_total", "keydb_keys_stored"] {
+        zero(name.to_string());
     }
 }
