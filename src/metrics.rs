@@ -4,7 +4,8 @@
 //! One process-wide registry of atomics: recording a sample is a few
 //! relaxed atomic operations and never blocks. Gauges that describe state
 //! owned by actors (keys stored, ranges by state) are set from the router's
-//! answer at scrape time rather than kept up to date on the request path.
+//! answer at scrape time rather than kept up to date on the request path;
+//! the `process_*` metrics are read from `/proc` at scrape time too.
 //!
 //! Every series of a labelled family whose label values are known in
 //! advance exists from the start, at zero: a series that appears only with
@@ -13,12 +14,15 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use crate::procfs::ProcessStats;
 
 /// The `route` label of `keys`: the data routes.
 pub const DATA_ROUTES: [&str; 3] = ["/put", "/get", "/claim"];
@@ -103,6 +107,11 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RouteLabels, Counter>,
@@ -137,64 +146,65 @@ where
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let mut r = Registry::with_prefix("keydb");
-    let requests = registered(&mut r, "requests", "HTTP requests by route and status", Family::default());
+    let mut root = Registry::default();
+    // Unprefixed: the `process_*` names are shared by every exporter.
+    root.register_collector(Box::new(ProcessCollector));
+    let r = root.sub_registry_with_prefix("keydb");
+    let build_info = registered(
+        r,
+        "build_info",
+        "The version of this node, as a label; the value is always 1",
+        Family::<VersionLabel, Gauge>::default(),
+    );
+    build_info.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+    let requests = registered(r, "requests", "HTTP requests by route and status", Family::default());
     let request_seconds = registered(
-        &mut r,
+        r,
         "request_seconds",
         "HTTP request latency by route",
         Family::<RouteLabel, Histogram>::new_with_constructor(seconds_buckets),
     );
-    let keys = registered(&mut r, "keys", "Keys received by data route", Family::default());
-    let keys_stored = registered(
-        &mut r,
-        "keys_stored",
-        "Keys held by this node (expired ones until swept)",
-        Gauge::default(),
-    );
-    let ranges = registered(&mut r, "ranges", "Ranges held by this node, by state", Family::default());
-    let wal_fsync_seconds = registered(
-        &mut r,
-        "wal_fsync_seconds",
-        "Duration of each WAL write and fdatasync",
-        seconds_buckets(),
-    );
+    let keys = registered(r, "keys", "Keys received by data route", Family::default());
+    let keys_stored =
+        registered(r, "keys_stored", "Keys held by this node (expired ones until swept)", Gauge::default());
+    let ranges = registered(r, "ranges", "Ranges held by this node, by state", Family::default());
+    let wal_fsync_seconds =
+        registered(r, "wal_fsync_seconds", "Duration of each WAL write and fdatasync", seconds_buckets());
     let wal_batch_bytes = registered(
-        &mut r,
+        r,
         "wal_batch_bytes",
         "Bytes made durable by each WAL fdatasync",
         Histogram::new(exponential_buckets(64.0, 4.0, 12)),
     );
-    let wal_bytes = registered(&mut r, "wal_written_bytes", "Bytes written to the WAL", Counter::default());
+    let wal_bytes = registered(r, "wal_written_bytes", "Bytes written to the WAL", Counter::default());
     let wal_errors = registered(
-        &mut r,
+        r,
         "wal_errors",
         "Failed WAL writes or syncs (each is retried; writes are refused meanwhile)",
         Counter::default(),
     );
-    let snapshot_seconds =
-        registered(&mut r, "snapshot_seconds", "Duration of snapshot runs", seconds_buckets());
+    let snapshot_seconds = registered(r, "snapshot_seconds", "Duration of snapshot runs", seconds_buckets());
     let snapshot_bytes = registered(
-        &mut r,
+        r,
         "snapshot_written_bytes",
         "Segment bytes written to the object store",
         Counter::default(),
     );
     let snapshot_failures =
-        registered(&mut r, "snapshot_failures", "Snapshot runs that failed", Counter::default());
+        registered(r, "snapshot_failures", "Snapshot runs that failed", Counter::default());
     let store_errors =
-        registered(&mut r, "object_store_errors", "Object store errors by operation", Family::default());
+        registered(r, "object_store_errors", "Object store errors by operation", Family::default());
     let ranges_moved =
-        registered(&mut r, "ranges_moved", "Ranges handed off or loaded in scales", Family::default());
+        registered(r, "ranges_moved", "Ranges handed off or loaded in scales", Family::default());
     let auth_refusals = registered(
-        &mut r,
+        r,
         "auth_refusals",
         "Requests refused for a missing or unknown token (401) or a token without the scope (403)",
         Family::default(),
     );
 
     let metrics = Metrics {
-        registry: r,
+        registry: root,
         requests,
         request_seconds,
         keys,
@@ -238,7 +248,7 @@ impl Metrics {
     /// The exposition of every metric in `format`.
     pub fn encode(&self, format: Format) -> String {
         let mut out = String::new();
-        // A String sink cannot fail.
+        // A String sink cannot fail, and neither can the collector.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         match format {
             Format::OpenMetrics => out,
@@ -290,6 +300,49 @@ fn openmetrics_to_text(openmetrics: &str) -> String {
         }
     }
     out
+}
+
+/// The `process_*` metrics every Prometheus client library exports, read
+/// from `/proc` at each scrape; left out where it cannot be read.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = match ProcessStats::read() {
+            Ok(stats) => stats,
+            Err(e) => {
+                log::debug!("no process metrics: {e}");
+                return Ok(());
+            }
+        };
+        let cpu = ConstCounter::new(stats.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let mut gauge = |name: &str, help: &str, value: f64| {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+        };
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            stats.resident_bytes as f64,
+        )?;
+        gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", stats.virtual_bytes as f64)?;
+        gauge("process_open_fds", "Number of open file descriptors.", stats.open_fds as f64)?;
+        if let Some(max) = stats.max_fds {
+            gauge("process_max_fds", "Maximum number of open file descriptors.", max as f64)?;
+        }
+        gauge(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            stats.start_time_seconds,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -344,5 +397,21 @@ mod tests {
              t_wait_seconds_bucket{le=\"1.0\"} 0\n\
              t_wait_seconds_bucket{le=\"+Inf\"} 0\n"
         );
+    }
+
+    #[test]
+    fn process_metrics_are_unprefixed() {
+        let text = METRICS.encode(Format::Text);
+        if cfg!(target_os = "linux") {
+            assert!(
+                text.contains("\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total "),
+                "{text}"
+            );
+            assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        }
+        let version = format!("\nkeydb_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"));
+        assert!(text.contains(&version), "{text}");
+        assert!(!text.contains("# EOF"));
+        assert!(METRICS.encode(Format::OpenMetrics).ends_with("# EOF\n"));
     }
 }

@@ -34,7 +34,8 @@ fn parse(text: &str) -> HashMap<String, f64> {
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
         let bare = name.split('{').next().unwrap();
         assert!(
-            bare.starts_with("keydb_") && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            (bare.starts_with("keydb_") || bare.starts_with("process_"))
+                && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "bad metric name: {line}"
         );
         if let Some(labels) = name.strip_prefix(bare) {
@@ -228,4 +229,32 @@ fn fresh_node_has_its_zero_series() {
     for name in ["keydb_wal_errors_total", "keydb_snapshot_failures_total", "keydb_keys_stored"] {
         zero(name.to_string());
     }
+}
+
+#[test]
+fn process_metrics_and_build_info() {
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let before = now();
+    let node = Node::start();
+    let body = text(&scrape(&node, None));
+    let m = parse(&body);
+    let get = |name: &str| *m.get(name).unwrap_or_else(|| panic!("missing {name} in:\n{body}"));
+
+    let version = format!(r#"keydb_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"));
+    assert_eq!(get(&version), 1.0);
+    assert_eq!(m.keys().filter(|k| k.starts_with("keydb_build_info")).count(), 1);
+
+    let rss = get("process_resident_memory_bytes");
+    assert!(rss > 1e6 && rss < 1e11, "rss {rss}");
+    assert!(get("process_virtual_memory_bytes") >= rss);
+    let cpu = get("process_cpu_seconds_total");
+    assert!(cpu >= 0.0 && cpu < now() - before + 60.0, "cpu {cpu}");
+    let (open, max) = (get("process_open_fds"), get("process_max_fds"));
+    assert!(open >= 3.0 && open <= max, "open {open}, max {max}");
+    // The node started in this test; boot time has a resolution of 1 s.
+    let started = get("process_start_time_seconds");
+    assert!(started >= before - 2.0 && started <= now() + 2.0, "started {started}, test began {before}");
+    // The node's own descriptors, not another process's.
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", node.child.id())).unwrap().count() as f64;
+    assert!((fds - open).abs() <= 8.0, "node has {fds} fds, metric says {open}");
 }
