@@ -1,6 +1,6 @@
 //! `GET /metrics`: Prometheus text that parses line by line, counts what
-//! happened, passes `promtool` in both formats, and starts with its zero
-//! series.
+//! happened, passes `promtool` in both formats, starts with its zero
+//! series, and has every metric the Grafana dashboard queries.
 
 mod common;
 
@@ -257,4 +257,197 @@ fn process_metrics_and_build_info() {
     // The node's own descriptors, not another process's.
     let fds = std::fs::read_dir(format!("/proc/{}/fd", node.child.id())).unwrap().count() as f64;
     assert!((fds - open).abs() <= 8.0, "node has {fds} fds, metric says {open}");
+}
+
+/// Every `expr` anywhere in a Grafana dashboard.
+fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// Removes each `open`..`close` group (not nested), e.g. label matchers.
+fn strip_groups(s: &str, open: char, close: char) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in s.chars() {
+        match c {
+            c if c == open => depth += 1,
+            c if c == close && depth > 0 => depth -= 1,
+            c if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The metric names a PromQL expression reads: its identifiers, less
+/// label matchers (`{...}`), ranges (`[...]`), label lists (`by (...)` and
+/// the like), Grafana variables (`$x`), functions (followed by `(`),
+/// keywords and numbers.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    const KEYWORDS: &[&str] = &[
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "and",
+        "or",
+        "unless",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+    ];
+    let mut s = strip_groups(&strip_groups(expr, '{', '}'), '[', ']');
+    for clause in ["by", "without", "on", "ignoring", "group_left", "group_right"] {
+        // `clause (labels)`: the identifier, then its parenthesised list.
+        let mut rest = s.as_str();
+        let mut out = String::new();
+        while let Some(i) = find_word(rest, clause) {
+            out.push_str(&rest[..i]);
+            let after = rest[i + clause.len()..].trim_start();
+            rest = match after.strip_prefix('(') {
+                Some(list) => &list[list.find(')').expect("unclosed label list") + 1..],
+                None => after,
+            };
+        }
+        out.push_str(rest);
+        s = out;
+    }
+    let mut names = BTreeSet::new();
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+        if c == '"' || c == '\'' {
+            i += 1 + chars[i + 1..].iter().position(|&q| q == c).expect("unclosed string") + 1;
+        } else if c == '$' || c.is_ascii_digit() || c == '.' {
+            // A variable, or a number (with its exponent or a duration unit).
+            i += 1;
+            while i < chars.len() && (word(chars[i]) || chars[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len() && word(chars[i]) {
+                i += 1;
+            }
+            let ident: String = chars[start..i].iter().collect();
+            let is_call = chars[i..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
+            if !is_call && !KEYWORDS.contains(&ident.as_str()) {
+                names.insert(ident);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// Where `word` occurs as a whole identifier in `s`.
+fn find_word(s: &str, word: &str) -> Option<usize> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    s.match_indices(word).map(|(i, _)| i).find(|&i| {
+        !s[..i].chars().next_back().is_some_and(ident)
+            && !s[i + word.len()..].chars().next().is_some_and(ident)
+    })
+}
+
+#[test]
+fn promql_metric_names() {
+    let expr = r#"histogram_quantile(0.99, sum by (le, route) (rate(keydb_request_seconds_bucket{instance=~"$instance", route!="sum"}[$__rate_interval])))
+        / on (instance) group_left (version) max without (job) (keydb_build_info) * 1e3 + count(up offset 5m)"#;
+    let names: Vec<String> = metric_names(expr).into_iter().collect();
+    assert_eq!(names, ["keydb_build_info", "keydb_request_seconds_bucket", "up"]);
+}
+
+#[test]
+fn dashboard_queries_only_exported_metrics() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/keydb.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut all = Vec::new();
+    exprs(&dashboard, &mut all);
+    assert!(all.len() >= 15, "only {} queries in {path}", all.len());
+
+    let node = Node::start();
+    let body = text(&scrape(&node, None));
+    // Family name → type, from the 0.0.4 text (counters named with `_total`).
+    let families: HashMap<&str, &str> =
+        body.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_once(' ')).collect();
+    let family = |name: &str| -> Option<String> {
+        if families.contains_key(name) {
+            return Some(name.to_string());
+        }
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .find(|base| families.get(base) == Some(&"histogram"))
+            .map(str::to_string)
+    };
+    let mut used = BTreeSet::new();
+    for expr in &all {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "no metric in {expr}");
+        for name in names {
+            let f = family(&name).unwrap_or_else(|| panic!("{name} (in {expr}) is not exported:\n{body}"));
+            used.insert(f);
+        }
+    }
+    for wanted in [
+        "keydb_requests_total",
+        "keydb_request_seconds",
+        "keydb_keys_total",
+        "keydb_keys_stored",
+        "keydb_ranges",
+        "keydb_wal_fsync_seconds",
+        "keydb_snapshot_seconds",
+        "keydb_snapshot_failures_total",
+        "keydb_object_store_errors_total",
+        "keydb_auth_refusals_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(used.contains(wanted), "the dashboard shows no {wanted}");
+    }
+
+    // And each query parses: promtool checks them as recording rules.
+    if have_promtool() {
+        let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+        for (i, expr) in all.iter().enumerate() {
+            let expr = expr.replace("$__rate_interval", "5m");
+            rules.push_str(&format!(
+                "      - record: dashboard:query_{i}\n        expr: {}\n",
+                serde_json::json!(expr)
+            ));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rules.yml");
+        std::fs::write(&file, &rules).unwrap();
+        promtool(&["check", "rules", file.to_str().unwrap()], "");
+    }
 }
