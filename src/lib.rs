@@ -21,7 +21,8 @@
 //! - [`settings`]: node settings (file < `KEYDB_CONFIG` < env) and validation.
 //! - [`wal`]: the write-ahead log with group commit, and its replay.
 //! - [`wire`]: request/response bodies, JSON and the binary fast path.
-//! - [`metrics`]: Prometheus metrics for `GET /metrics`.
+//! - [`metrics`]: Prometheus metrics for `GET /metrics`, in text format or OpenMetrics.
+//! - [`procfs`]: CPU, memory and file descriptors of this process, from `/proc`.
 //! - [`background`]: low-priority threads for snapshot encoding and checkpoints.
 //! - [`memory`]: giving memory freed by shrunk tables back to the OS.
 //! - [`messages`]: one struct per request between actors.
@@ -45,6 +46,7 @@ pub mod layout;
 pub mod memory;
 pub mod messages;
 pub mod metrics;
+pub mod procfs;
 pub mod protocol;
 pub mod restore;
 pub mod segment;

@@ -604,7 +604,20 @@ mod tests {
 
     #[test]
     fn secrets_are_masked() {
-        let s = Settings::from_env(env(&[("KEYDB_STORAGE_ACCESSKEY", "hunter2")])).unwrap();
+        let s = Settings::from_env(env(&[
+            ("KEYDB_STORAGE_ACCESSKEYID", "id"),
+            ("KEYDB_STORAGE_ACCESSKEY", "hunter2"),
+        ]))
+        .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+        // Half the credentials are refused, naming the missing half.
+        for (set, missing) in [
+            ("KEYDB_STORAGE_ACCESSKEY", "KEYDB_STORAGE_ACCESSKEYID"),
+            ("KEYDB_STORAGE_ACCESSKEYID", "KEYDB_STORAGE_ACCESSKEY"),
+        ] {
+            let p = problems(&[(set, "x")]);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0].variable, missing);
+        }
     }
 }

@@ -185,6 +185,7 @@ fn counted<T>(result: Result<T, StoreError>) -> Result<T, StoreError> {
 }
 
 fn count(e: &StoreError) {
+    debug_assert!(crate::metrics::STORE_OPS.contains(&e.op), "not a preset operation: {}", e.op);
     crate::metrics::METRICS
         .store_errors
         .get_or_create(&crate::metrics::KindLabel { kind: e.op.into() })

@@ -417,5 +417,6 @@ fn hostile_token_files_and_headers() {
     });
     let seconds = started.elapsed().as_secs() + 1;
     let logged = (node.log().matches("refused ").count() - before) as u64;
-    assert!(logged >= 1 && logged <= 10 * seconds, "{logged} lines for 50 peers in {seconds} s");
+    // One-second windows: the burst may also finish the window before it.
+    assert!(logged >= 1 && logged <= 10 * (seconds + 1), "{logged} lines for 50 peers in {seconds} s");
 }

@@ -312,6 +312,7 @@ impl RouterActor {
     /// A range finished its part of a scale (`kind`): `step` moves it on
     /// (stale reports, for a range that has moved on, change nothing).
     fn finish_move(&mut self, range: u32, kind: &str, step: fn(&mut Range) -> Next, ctx: &mut Context<Self>) {
+        debug_assert!(crate::metrics::MOVE_KINDS.contains(&kind), "not a preset kind: {kind}");
         let Some(slot) = &mut self.slots[range as usize] else { return };
         let before = slot.range;
         let next = step(&mut slot.range);

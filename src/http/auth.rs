@@ -13,12 +13,8 @@ use futures_util::future::Either;
 
 use super::ApiError;
 use crate::auth::{required_scope, Scope, Tokens};
-use crate::metrics::{RefusalLabels, METRICS};
+use crate::metrics::{RefusalLabels, METRICS, REFUSAL_ROUTES};
 
-/// Routes named as themselves in the refusal counter; any other path is
-/// `other`, so that probing paths cannot grow the label set.
-const ROUTES: &[&str] =
-    &["/put", "/get", "/claim", "/info", "/metrics", "/createSnapshots", "/scale", "/scaleComplete"];
 /// Refusal lines logged a second at most, whatever the peers (many
 /// addresses, e.g. IPv6, must not flood the log either).
 const MAX_LINES_PER_SECOND: u32 = 10;
@@ -97,7 +93,8 @@ impl Gate {
     }
 
     fn refused(&self, req: &ServiceRequest, needed: Scope, reason: &str) {
-        let route = ROUTES.iter().find(|r| **r == req.path()).copied().unwrap_or("other");
+        debug_assert!(crate::metrics::REFUSAL_REASONS.contains(&reason), "not a preset reason: {reason}");
+        let route = REFUSAL_ROUTES.iter().find(|r| **r == req.path()).copied().unwrap_or("other");
         METRICS
             .auth_refusals
             .get_or_create(&RefusalLabels { route: route.into(), reason: reason.into() })

@@ -93,6 +93,7 @@ async fn serve(op: Op, req: HttpRequest, body: web::Payload, state: State) -> Re
         Format::Binary => wire::decode_binary(&bytes, with_ttl, state.max_keys_per_request),
     };
     let DataRequest { fingerprints, ttl_seconds } = decoded.map_err(|e| ApiError::BadRequest(e.0))?;
+    debug_assert!(crate::metrics::DATA_ROUTES.contains(&req.path()), "not a preset route: {}", req.path());
     crate::metrics::METRICS
         .keys
         .get_or_create(&crate::metrics::RouteLabel { route: req.path().to_string() })

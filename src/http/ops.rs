@@ -33,9 +33,12 @@ pub async fn info_preflight() -> HttpResponse {
         .finish()
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
-    use crate::metrics::{StateLabel, METRICS};
+/// `GET /metrics`: Prometheus text format 0.0.4, or OpenMetrics if the
+/// `Accept` header asks for it.
+pub async fn metrics(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
+    use crate::metrics::{Format, StateLabel, METRICS};
+    let accept = req.headers().get(actix_web::http::header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::from_accept(accept);
     let info = node_info(&state).await?;
     METRICS.keys_stored.set(info.keys_count as i64);
     let loading = info.ranges_loading.len() as i64;
@@ -48,8 +51,9 @@ pub async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
     }
     Ok(HttpResponse::Ok()
         .insert_header(CORS)
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(METRICS.encode()))
+        .insert_header(("Vary", "Accept"))
+        .content_type(format.content_type())
+        .body(METRICS.encode(format)))
 }
 
 pub async fn healthz() -> HttpResponse {
