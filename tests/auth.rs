@@ -7,10 +7,9 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::steady::SteadyWriter;
 use common::{free_port, request, wait_until, Node};
 use keydb::auth::{file_line, new_token, Scope};
 use keydb::client::{Client, Config};
@@ -183,30 +182,7 @@ fn rotation_under_load_fails_no_request() {
         })
         .unwrap()
     };
-    let use_new = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (a, b) = (client(&old), client(&new));
-        let (use_new, stop, done) = (use_new.clone(), stop.clone(), done.clone());
-        rt.spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let batch: Vec<String> = (0..100).map(|k| format!("rot-{i}-{k}")).collect();
-                let c = if use_new.load(Ordering::Relaxed) { &b } else { &a };
-                c.put(&batch, Duration::from_secs(600)).await.map_err(|e| format!("batch {i}: {e}"))?;
-                i += 1;
-                done.store(i, Ordering::Relaxed);
-            }
-            Ok::<u64, String>(i)
-        })
-    };
-    let progress = |from: u64| {
-        wait_until("the writer to go on", Duration::from_secs(30), || {
-            done.load(Ordering::Relaxed) > from + 20
-        })
-    };
-    progress(0);
+    let writer = SteadyWriter::start(&rt, "rot", vec![client(&old), client(&new)]);
 
     let probe = |token: &str| call(&node, "POST", "/get", &json!({"keys": ["x"]}), Some(token)).status;
     assert_eq!(probe(&new), 401);
@@ -219,8 +195,8 @@ fn rotation_under_load_fails_no_request() {
         ),
     );
     wait_until("the new token to be accepted", Duration::from_secs(10), || probe(&new) == 200);
-    use_new.store(true, Ordering::Relaxed);
-    progress(done.load(Ordering::Relaxed));
+    writer.switch_to(1);
+    writer.goes_on();
 
     // A broken file changes nothing: the tokens in force stay.
     replace(&file, "ingest-2 write sha256:not-a-hash\n");
@@ -228,26 +204,13 @@ fn rotation_under_load_fails_no_request() {
         node.log().contains("the tokens in force stay")
     });
     assert_eq!(probe(&old), 200);
-    progress(done.load(Ordering::Relaxed));
+    writer.goes_on();
 
     replace(&file, &file_line("ingest-2", Scope::Write, &new));
     wait_until("the old token to be refused", Duration::from_secs(10), || probe(&old) == 401);
-    progress(done.load(Ordering::Relaxed));
-    stop.store(true, Ordering::Relaxed);
-    let batches =
-        rt.block_on(writer).unwrap().unwrap_or_else(|e| panic!("a request failed during rotation: {e}"));
+    writer.goes_on();
+    let batches = writer.finish(&rt, &client(&new));
     assert!(batches > 60, "{batches}");
-    // Every key of the rotation is there.
-    let reader = client(&new);
-    let all: Vec<String> = (0..batches).flat_map(|i| (0..100).map(move |k| format!("rot-{i}-{k}"))).collect();
-    let found = rt.block_on(async {
-        let mut found = 0;
-        for chunk in all.chunks(10_000) {
-            found += reader.get(chunk).await.unwrap().iter().filter(|b| **b).count();
-        }
-        found
-    });
-    assert_eq!(found, all.len());
 }
 
 #[test]

@@ -7,10 +7,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::steady::SteadyWriter;
 use common::{free_port, wait_until};
 use keydb::auth::{file_line, new_token, Scope};
 use keydb::client::{Client, ClientError, Config};
@@ -260,49 +259,20 @@ fn certificate_rotation_under_load_fails_no_request() {
     let only_new = || client(&node.https(), trusting(&files.path("new.crt")), None);
     assert!(rt.block_on(only_new().get(&["x"])).is_err(), "the new CA is not in use yet");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (stop, done, c) = (stop.clone(), done.clone(), writer_client.clone());
-        rt.spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let batch: Vec<String> = (0..100).map(|k| format!("cert-{i}-{k}")).collect();
-                c.put(&batch, Duration::from_secs(600)).await.map_err(|e| format!("batch {i}: {e}"))?;
-                i += 1;
-                done.store(i, Ordering::Relaxed);
-            }
-            Ok::<u64, String>(i)
-        })
-    };
-    let progress = |from: u64| {
-        wait_until("the writer to go on", Duration::from_secs(30), || {
-            done.load(Ordering::Relaxed) > from + 20
-        })
-    };
-    progress(0);
+    let writer = SteadyWriter::start(&rt, "cert", vec![writer_client.clone()]);
     files.server_pair(&new_ca);
     wait_until("new connections to get the new certificate", Duration::from_secs(15), || {
         rt.block_on(only_new().get(&["x"])).is_ok()
     });
-    progress(done.load(Ordering::Relaxed));
+    writer.goes_on();
     // A broken pair changes nothing.
     std::fs::write(files.path("server.key"), "not a key").unwrap();
     wait_until("the node to report the broken files", Duration::from_secs(15), || {
         node.log().contains("the ones in force stay")
     });
     assert!(rt.block_on(only_new().get(&["x"])).is_ok());
-    progress(done.load(Ordering::Relaxed));
-    stop.store(true, Ordering::Relaxed);
-    let batches =
-        rt.block_on(writer).unwrap().unwrap_or_else(|e| panic!("a request failed during rotation: {e}"));
-    let all: Vec<String> =
-        (0..batches).flat_map(|i| (0..100).map(move |k| format!("cert-{i}-{k}"))).collect();
-    let found: usize = all
-        .chunks(10_000)
-        .map(|chunk| rt.block_on(writer_client.get(chunk)).unwrap().iter().filter(|b| **b).count())
-        .sum();
-    assert_eq!(found, all.len());
+    writer.goes_on();
+    writer.finish(&rt, &writer_client);
 }
 
 #[test]

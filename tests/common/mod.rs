@@ -9,6 +9,7 @@ pub mod disk;
 pub mod garage;
 pub mod moto;
 pub mod proxy;
+pub mod steady;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
