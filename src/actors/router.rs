@@ -20,8 +20,9 @@ use crate::actors::snapshot::SharedRanges;
 use crate::actors::{loader, RangeActor, SnapshotActor};
 use crate::clock;
 use crate::messages::{
-    AdoptView, CheckpointRange, Gather, GatherError, GetInfo, GetStoredView, HandedOff, Handoff, RangeBatch,
-    RangeLoaded, RangeOnDisk, RangeOp, RangeStats, RangesRestored, RecordLocal, Retire, Route, Routed,
+    AdoptView, CheckpointRange, Gather, GatherError, GetInfo, GetNotServing, GetStoredView, HandedOff,
+    Handoff, RangeBatch, RangeLoaded, RangeOnDisk, RangeOp, RangeStats, RangesRestored, RecordLocal, Retire,
+    Route, Routed,
 };
 use crate::protocol::{self, Access, Admission, AdoptAction, Next, Range, RangeState, Role, StartFrom};
 use crate::store::ObjectStore;
@@ -465,6 +466,15 @@ impl Handler<Route> for RouterActor {
             }
             Ok(Routed { epoch, answers: gathered.answers })
         })
+    }
+}
+
+impl Handler<GetNotServing> for RouterActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: GetNotServing, _: &mut Context<Self>) -> usize {
+        use RangeState::*;
+        self.in_state(|s| matches!(s, Loading | Restoring)).len()
     }
 }
 

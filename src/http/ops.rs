@@ -60,15 +60,20 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().insert_header(CORS).content_type("text/plain").body("ok\n")
 }
 
+/// `GET /readyz`: from the router's own state, so a probe asks no range.
 pub async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
-    let info = node_info(&state).await?;
-    if info.ranges_loading.is_empty() {
+    let not_serving = state
+        .router
+        .send(crate::messages::GetNotServing)
+        .await
+        .map_err(|e| ApiError::Internal(format!("router did not answer: {e}")))?;
+    if not_serving == 0 {
         Ok(HttpResponse::Ok().insert_header(CORS).content_type("text/plain").body("ready\n"))
     } else {
         Ok(HttpResponse::ServiceUnavailable()
             .insert_header(CORS)
             .content_type("text/plain")
-            .body(format!("{} ranges loading\n", info.ranges_loading.len())))
+            .body(format!("{not_serving} ranges loading\n")))
     }
 }
 

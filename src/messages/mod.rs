@@ -12,7 +12,7 @@ pub use range::{
     RangeOp, RangeStats, RangeStatsReply, RangeUnavailable, Restore, Retire, SnapshotData, TakeSnapshot,
 };
 pub use router::{
-    AdoptView, GetInfo, GetStoredView, HandedOff, RangeLoaded, RangeOnDisk, RangesRestored, Route, RouteKind,
-    Routed,
+    AdoptView, GetInfo, GetNotServing, GetStoredView, HandedOff, RangeLoaded, RangeOnDisk, RangesRestored,
+    Route, RouteKind, Routed,
 };
 pub use snapshot::{AllRestored, CheckpointRange, CreateSnapshots, Handoff, RecordLocal, SnapshotReport};

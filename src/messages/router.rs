@@ -55,6 +55,12 @@ pub struct Routed {
 #[rtype(result = "Info")]
 pub struct GetInfo;
 
+/// Reply: how many ranges of this node are not serving yet (restoring or
+/// loading); answered from the router's own state, with no range asked.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct GetNotServing;
+
 /// These ranges are restored and serve from now on; `wal` is the log their
 /// writes go to. `on_disk`: they were rebuilt from this disk alone, which
 /// `local.json` listed as holding them completely; otherwise they are not
