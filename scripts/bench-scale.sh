@@ -37,16 +37,23 @@ since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1
 
 # A node whose WAL is cut by a checkpoint every 64 MiB, so that a restart
 # meets checkpoints (as any node past a few million keys written does).
+# Sets $pid (not in a subshell: the script must be its parent to wait on it).
 start_node() { # name port
   env KEYDB_PORT="$2" KEYDB_NODE_ADDRESSES="127.0.0.1:$2" KEYDB_DATA_DIR="$tmp/$1-data" \
     KEYDB_STORAGE_PATH="$tmp/$1-objects" KEYDB_SNAPSHOT_INTERVAL=0s \
     KEYDB_WAL_CHECKPOINT_BYTES=67108864 RUST_LOG=warn "$NODE" >> "$tmp/$1.log" 2>&1 &
-  pids+=("$!")
-  echo "$!"
+  pid=$!
+  pids+=("$pid")
+}
+# Stops $pid with a signal and waits until it is gone (its port is free).
+stop_node() { # signal
+  kill "$1" "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
 }
 wait_ready() { # port [seconds]
   for _ in $(seq $(( ${2:-600} * 20 ))); do
     curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "the node exited; its log:" >&2; tail -5 "$tmp"/*.log >&2; return 1; }
     sleep 0.05
   done
   echo "node on port $1 not ready in time" >&2; return 1
@@ -55,13 +62,13 @@ wait_ready() { # port [seconds]
 common=(--batch "$BATCH" --concurrency "$CONCURRENCY" --ttl 24h --json)
 tenth=$(( KEYS / 10 ))
 sport=$(free_port)
-spid=$(start_node small "$sport"); wait_ready "$sport"
+start_node small "$sport"; wait_ready "$sport"
 echo "loading $tenth keys (a tenth) for the comparison" >&2
 "$ADMIN" --addresses "127.0.0.1:$sport" bench --keys "$tenth" --key-prefix s- "${common[@]}" > "$tmp/small.json"
-kill "$spid"; wait "$spid" 2>/dev/null || true
+stop_node -TERM
 
 port=$(free_port)
-pid=$(start_node big "$port"); wait_ready "$port"
+start_node big "$port"; wait_ready "$port"
 r0=$(rss "$pid")
 echo "loading $KEYS keys" >&2
 "$ADMIN" --addresses "127.0.0.1:$port" bench --keys "$KEYS" --key-prefix b- "${common[@]}" > "$tmp/big.json"
@@ -72,16 +79,19 @@ t0=$(now)
 curl -sf -X POST "http://127.0.0.1:$port/createSnapshots" -H 'Content-Type: application/json' \
   -d '{"full_sync": true}' > /dev/null
 snapshot=$(since "$t0")
+echo "  snapshot: $snapshot s" >&2
 
 echo "kill -9 and restart on the same disk" >&2
-kill -9 "$pid"; wait "$pid" 2>/dev/null || true
-t0=$(now); pid=$(start_node big "$port"); wait_ready "$port" 1800; restart=$(since "$t0")
+stop_node -9
+t0=$(now); start_node big "$port"; wait_ready "$port" 1800; restart=$(since "$t0")
+echo "  restart: $restart s" >&2
 ckpts=$(find "$tmp/big-data" -name '*.seg' -o -name '*.ckpt' 2>/dev/null | wc -l)
 
 echo "kill -9, empty disk, restore from the folder store" >&2
-kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+stop_node -9
 rm -rf "$tmp/big-data"
-t0=$(now); pid=$(start_node big "$port"); wait_ready "$port" 1800; restore=$(since "$t0")
+t0=$(now); start_node big "$port"; wait_ready "$port" 1800; restore=$(since "$t0")
+echo "  restore: $restore s" >&2
 "$ADMIN" --addresses "127.0.0.1:$port" bench --keys "$(( KEYS < 1000000 ? KEYS : 1000000 ))" \
   --key-prefix b- --skip-put --hit-ratio 1 "${common[@]}" > "$tmp/after.json"
 
