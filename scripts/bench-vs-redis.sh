@@ -40,7 +40,7 @@ NODE=./target/release/keydb-node
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
-rss() { awk '/^VmRSS/ {printf "%d\n", $2 * 1024}' "/proc/$1/status"; }
+rss() { awk '/^VmRSS/ {printf "%.0f\n", $2 * 1024}' "/proc/$1/status"; }
 
 tmp=$(mktemp -d -t keydb-bench.XXXXXX)
 pids=()
