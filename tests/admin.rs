@@ -171,7 +171,7 @@ fn an_interrupted_scale_add_resumes_with_the_same_command() {
     let all = common::addresses(2);
     let node0 = common::Node::start_member(&all[..1], 0, &env);
     node0.put(&common::keys("resume", 500), 3600);
-    let _node1 = common::Node::launch_member(&all, 1, &env);
+    let _node1 = common::Node::join_member(&all, 1, &env);
     // The interruption: the new view reached node 0 only.
     let (status, body) = common::post_json(&all[0], "/scale", &serde_json::json!({"addresses": all}));
     assert_eq!(status, 200, "{body}");
@@ -249,4 +249,95 @@ fn bench_checks_every_answer_including_claims() {
     let (_, info) = node.get_json("/info");
     let stored = info["keys_count"].as_u64().unwrap();
     assert!(stored > 10_000 && stored < 20_000, "{stored}");
+}
+
+/// Every flag of every subcommand says what it is for (not only its
+/// default).
+#[test]
+fn every_flag_has_help_text() {
+    let (_, top, _) = admin(&["--help"], None);
+    let subcommands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(subcommands.len() >= 10, "{top}");
+    let strip = |s: &str| {
+        // What is left of a description once [default: ..] and [env: ..] go.
+        let mut out = String::new();
+        let mut depth = 0;
+        for c in s.chars() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                c if depth == 0 => out.push(c),
+                _ => {}
+            }
+        }
+        out.trim().to_string()
+    };
+    for sub in &subcommands {
+        let (code, help, err) = admin(&[sub.as_str(), "--help"], None);
+        assert_eq!(code, 0, "{sub}: {err}");
+        let lines: Vec<&str> = help.lines().skip_while(|l| !l.starts_with("Options:")).skip(1).collect();
+        for (i, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            if !trimmed.starts_with('-') {
+                continue;
+            }
+            // The description is on the same line after two spaces, or on the next.
+            let same = trimmed.split_once("  ").map(|(_, d)| strip(d)).unwrap_or_default();
+            let next = lines
+                .get(i + 1)
+                .filter(|l| !l.trim_start().starts_with('-'))
+                .map(|l| strip(l))
+                .unwrap_or_default();
+            assert!(
+                !same.is_empty() || !next.is_empty(),
+                "`keydb-admin {sub}`: no help for {trimmed:?}\n{help}"
+            );
+        }
+    }
+}
+
+/// `local-cluster` says when a node it started dies.
+#[test]
+fn local_cluster_reports_a_dead_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_pair();
+    let (stdout, stderr) = (dir.path().join("admin.out"), dir.path().join("admin.err"));
+    let mut child = Command::new(ADMIN)
+        .args(["local-cluster", "--nodes", "2", "--base-port", &base.to_string(), "--dir"])
+        .arg(dir.path())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let a = format!("127.0.0.1:{base}");
+    // Started, as local-cluster itself sees it (not only as a client does).
+    common::wait_until("the local cluster to be up", std::time::Duration::from_secs(60), || {
+        std::fs::read_to_string(&stdout).unwrap_or_default().contains("Ctrl-C stops every node")
+    });
+    // The node's pid is in its data folder's lock file.
+    let pid = std::fs::read_to_string(dir.path().join("node-1").join("LOCK")).unwrap();
+    Command::new("kill").args(["-9", pid.trim()]).status().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&stderr).unwrap_or_default().contains("node 1 (") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "local-cluster did not report the dead node (pid {pid}): {}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    assert!(said.contains("exited") && said.contains("node-1.log"), "{said}");
+    // Node 0 still serves.
+    let v = json(&["--addresses", &a, "--json", "info", "--node", "0"], None);
+    assert_eq!(v[0]["node_id"], 0, "{v}");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
 }

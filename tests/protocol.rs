@@ -469,7 +469,7 @@ fn seq02_restart_after_scale_keeps_every_key_and_claim() {
         c.put(&put, DAY).await.unwrap();
         assert_eq!(c.claim(&claimed, DAY).await.unwrap(), vec![false; claimed.len()]);
     });
-    let mut node1 = Node::launch_member(&all, 1, &refs(&env));
+    let mut node1 = Node::join_member(&all, 1, &refs(&env));
     admin(&all[0], &["scale", "--add", &all[1]]);
 
     let check = |what: &str| {
@@ -517,7 +517,7 @@ fn seq03_early_scale_complete_is_refused_and_loses_nothing() {
     for n in &mut nodes {
         n.wait_ready();
     }
-    nodes.push(Node::launch_member(&all, 2, &refs(&env)));
+    nodes.push(Node::join_member(&all, 2, &refs(&env)));
     let moved = gained(2, 3, 2);
 
     let mut h = History::default();
@@ -601,7 +601,7 @@ fn seq04a_running_node_rereads_the_view_by_itself() {
     let _node0 = Node::start_member(&all[..1], 0, &refs(&env));
     let put = keys("reread", 2000);
     rt.block_on(async { patient(&all[..1]).put(&put, DAY).await.unwrap() });
-    let _node1 = Node::launch_member(&all, 1, &refs(&env));
+    let _node1 = Node::join_member(&all, 1, &refs(&env));
 
     // Only node 1 is told; node 0 must find the new view by itself.
     let (status, body) = common::post_json(&all[1], "/scale", &json!({"addresses": all}));
@@ -636,7 +636,7 @@ fn seq04b_restart_with_unreachable_store_serves_no_range_it_lost() {
     let mut node0 = Node::start_member(&all[..1], 0, &refs(&env));
     let put = keys("unreachable", 2000);
     rt.block_on(async { patient(&all[..1]).put(&put, DAY).await.unwrap() });
-    let _node1 = Node::launch_member(&all, 1, &refs(&env));
+    let _node1 = Node::join_member(&all, 1, &refs(&env));
     admin(&all[0], &["scale", "--add", &all[1]]);
     let owner = owners(RANGES, 2);
     let lost: BTreeSet<u32> = (0..RANGES).filter(|&r| owner[r as usize] == 1).collect();
@@ -778,8 +778,8 @@ fn concurrent_scales_one_wins(env: Vec<(String, String)>, cluster_json: impl Fn(
     rt.block_on(async { patient(&ab).put(&put, DAY).await.unwrap() });
     let to_c = vec![a.clone(), b.clone(), c.clone()];
     let to_d = vec![a.clone(), b.clone(), d.clone()];
-    let _node_c = Node::launch_member(&to_c, 2, &refs(&env));
-    let _node_d = Node::launch_member(&to_d, 2, &refs(&env));
+    let _node_c = Node::join_member(&to_c, 2, &refs(&env));
+    let _node_d = Node::join_member(&to_d, 2, &refs(&env));
 
     let barrier = std::sync::Barrier::new(2);
     let scale = |addr: &String, list: &Vec<String>| {
@@ -848,7 +848,7 @@ fn seq06_gaining_node_told_first_takes_no_write_before_the_handoff() {
     let preload = keys("told-first", 2000);
     rt.block_on(async { patient(&all[..1]).put(&preload, DAY).await.unwrap() });
     h.acked.extend(preload.iter().cloned());
-    let _node1 = Node::launch_member(&all, 1, &refs(&env));
+    let _node1 = Node::join_member(&all, 1, &refs(&env));
 
     let (status, body) = common::post_json(&all[1], "/scale", &json!({"addresses": all}));
     assert_eq!(status, 200, "{body}");
@@ -1213,8 +1213,9 @@ fn seq12_second_node_on_a_used_folder_exits() {
     let folder = a.data_dir();
     let objects = a.dir.join("objects");
     let other_port = common::free_port().to_string();
+    let other_addr = format!("127.0.0.1:{other_port}");
     let mut b = Proc::spawn(&[
-        ("KEYDB_NODE_ADDRESSES", &a.addr),
+        ("KEYDB_NODE_ADDRESSES", &other_addr),
         ("KEYDB_PORT", &other_port),
         ("KEYDB_DATA_DIR", folder.to_str().unwrap()),
         ("KEYDB_STORAGE_PATH", objects.to_str().unwrap()),

@@ -86,6 +86,14 @@ impl Node {
         Node::launch(port, &env)
     }
 
+    /// Starts node `id` of a cluster that already has its view, and waits
+    /// until it serves (`/info` 200; a member may own nothing yet).
+    pub fn join_member(addresses: &[String], id: usize, extra: &[(&str, &str)]) -> Node {
+        let mut node = Node::launch_member(addresses, id, extra);
+        node.wait_started();
+        node
+    }
+
     /// Starts a node on `port` with `env` added to the harness defaults and
     /// waits until it is ready.
     pub fn start_with(port: u16, env: &[(&str, &str)]) -> Node {
