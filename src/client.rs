@@ -759,7 +759,7 @@ fn scheme_of(address: &str) -> &str {
 }
 
 /// An address without its `http://` or `https://`.
-fn bare(address: &str) -> &str {
+pub fn bare(address: &str) -> &str {
     address.strip_prefix("https://").or_else(|| address.strip_prefix("http://")).unwrap_or(address)
 }
 

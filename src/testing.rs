@@ -19,6 +19,7 @@ pub enum Break {
 }
 
 impl Break {
+    #[cfg(debug_assertions)]
     fn name(self) -> &'static str {
         match self {
             Break::AckBeforeWal => "ack_before_wal",

@@ -732,9 +732,7 @@ async fn scale(
     let info = client.get_node_info(0).await?;
     let old = info.addresses.clone();
     let bare = |list: &[String]| -> Vec<String> {
-        list.iter()
-            .map(|a| a.trim_start_matches("https://").trim_start_matches("http://").to_string())
-            .collect()
+        list.iter().map(|a| keydb::client::bare(a).to_string()).collect()
     };
     let (to, add) = (&bare(to)[..], &bare(add)[..]);
     let next: Vec<String> = match (to.is_empty(), add.is_empty(), remove) {
