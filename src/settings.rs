@@ -1,8 +1,10 @@
 //! Node settings: one struct, read in layers and validated once at start.
 //!
-//! Layers, lowest first: the embedded `settings/default.toml`, the file named
-//! by `KEYDB_CONFIG`, then `KEYDB_*` environment variables (API.md, "Node
-//! configuration"). The `config` crate merges the layers; this module then
+//! Every setting is declared once, in [`SETTINGS`]: its name, default and
+//! meaning. Layers, lowest first: those defaults (listed, with the meanings,
+//! in `settings/default.toml`), the file named by `KEYDB_CONFIG`, then
+//! `KEYDB_*` environment variables (API.md, "Node configuration", whose
+//! table is made from [`SETTINGS`] too). The `config` crate merges the layers; this module then
 //! parses every value itself so that each problem is reported with the
 //! variable's name, the value and what was expected. It never exits the
 //! process: the binary decides that.
@@ -13,9 +15,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat, Value, ValueKind};
-
-/// The embedded defaults.
-pub const DEFAULT_TOML: &str = include_str!("../settings/default.toml");
 
 /// Upper bounds that keep a typo from taking the node down.
 pub const MAX_TOTAL_HASH_RANGES: u32 = 65_536;
@@ -127,38 +126,198 @@ pub enum SettingsError {
     Source(String),
 }
 
-/// Known keys (variable name without `KEYDB_`, lower case).
-pub const KEYS: &[&str] = &[
-    "node_id",
-    "node_addresses",
-    "cluster_size",
-    "port",
-    "bind",
-    "total_hash_ranges",
-    "snapshot_interval",
-    "data_dir",
-    "storage_backend",
-    "storage_path",
-    "storage_bucket",
-    "storage_region",
-    "storage_accesskeyid",
-    "storage_accesskey",
-    "storage_endpoint",
-    "storage_prefix",
-    "max_keys_per_request",
-    "max_body_bytes",
-    "wal_checkpoint_bytes",
-    "shutdown_timeout",
-    "snapshot_on_shutdown",
-    "view_refresh_interval",
-    "auth_tokens_file",
-    "insecure_no_auth",
-    "metrics_open",
-    "tls_cert_file",
-    "tls_key_file",
-    "tls_client_ca_file",
-    "keep_alive",
+/// What a setting is when nothing sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// This value, from the embedded defaults.
+    Value(&'static str),
+    /// Computed from other settings, as described.
+    Derived(&'static str),
+    /// Unset.
+    Unset,
+}
+
+/// One setting, declared once: its name, default and meaning. The embedded
+/// defaults, `settings/default.toml` and API.md's table are made from
+/// [`SETTINGS`] (tests check the two files), and the parser refuses a name
+/// that is not declared here.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Variable name without `KEYDB_`, lower case; the key in a TOML file.
+    pub name: &'static str,
+    pub default: Fallback,
+    /// A value to show, commented out, in `settings/default.toml` when there
+    /// is no default value (always given then).
+    pub example: Option<&'static str>,
+    /// One line of Markdown: what it means and what it takes.
+    pub meaning: &'static str,
+}
+
+/// A setting with a default value.
+const fn value(name: &'static str, value: &'static str, meaning: &'static str) -> Spec {
+    Spec { name, default: Fallback::Value(value), example: None, meaning }
+}
+
+/// A setting without one, and a value to show for it.
+const fn unset(name: &'static str, example: &'static str, meaning: &'static str) -> Spec {
+    Spec { name, default: Fallback::Unset, example: Some(example), meaning }
+}
+
+/// A setting computed from others when unset, and a value to show for it.
+const fn derived(
+    name: &'static str,
+    how: &'static str,
+    example: &'static str,
+    meaning: &'static str,
+) -> Spec {
+    Spec { name, default: Fallback::Derived(how), example: Some(example), meaning }
+}
+
+/// Every node setting, in the order of the docs.
+pub const SETTINGS: &[Spec] = &[
+    value("node_id", "0", "this node's index in the address list"),
+    derived(
+        "node_addresses",
+        "`localhost:<KEYDB_PORT>`",
+        r#"["localhost:50051"]"#, "every node of the cluster, in order, as a JSON list or comma-separated `host:port` list; \
+                  bootstraps a cluster that has no view yet. This node's own entry, if it names this host \
+                  (`localhost`, a loopback IP), must carry `KEYDB_PORT`",
+    ),
+    derived("cluster_size", "length of the list", "1", "if set, must equal the address list's length"),
+    value("port", "50051", "HTTP port"),
+    value("bind", "127.0.0.1",
+        "listen address; any but a loopback one needs a token file or `KEYDB_INSECURE_NO_AUTH=true`",
+    ),
+    value("total_hash_ranges", "128", "fixed for the cluster's life (1..=65536)"),
+    value("snapshot_interval", "60s",
+        "periodic snapshots to the object store, a humantime duration; `0s` disables them",
+    ),
+    derived("data_dir", "`./keydb-data/node-<KEYDB_NODE_ID>`", "/var/lib/keydb", "WAL and local checkpoints"),
+    derived("storage_backend", "`fs`, or `s3` when a bucket is set", "s3", "object store kind: `fs` (a folder) or `s3`"),
+    value("storage_path", "./keydb-data/objects", "root folder of the `fs` store"),
+    unset("storage_bucket", "keydb", "S3 bucket"),
+    value("storage_region", "us-east-1", "S3 region"),
+    unset("storage_accesskeyid", "GK0123456789abcdef01234567", "S3 access key id (else the AWS default chain); both or neither"),
+    unset("storage_accesskey", "<secret>", "S3 secret key"),
+    unset("storage_endpoint", "http://localhost:3900", "S3-compatible endpoint URL, `http://` or `https://` (path-style)"),
+    unset("storage_prefix", "production/", "key prefix inside the bucket or folder"),
+    value("max_keys_per_request", "100000", "keys in one request, at most (1..=10000000)"),
+    value("max_body_bytes", "67108864", "request body size, at most (1024..=1073741824)"),
+    value("wal_checkpoint_bytes", "268435456",
+        "a local checkpoint is written (and the WAL truncated) once the WAL holds this many bytes; \
+         bounds restart time (65536..=1099511627776)",
+    ),
+    value("shutdown_timeout", "30s", "on SIGTERM or Ctrl-C, how long in-flight requests may take (at most 10m)"),
+    value("snapshot_on_shutdown", "true",
+        "on SIGTERM or Ctrl-C, write a last incremental snapshot before exiting",
+    ),
+    value("view_refresh_interval", "5s",
+        "how often the node re-reads `cluster.json`, to catch up with a scale it was not told of (100ms..=10m)",
+    ),
+    unset(
+        "auth_tokens_file",
+        "/etc/keydb/tokens",
+        "the token file (see \"Authentication\"), re-read when it changes or on SIGHUP; unreadable or \
+         malformed at start: exit 2",
+    ),
+    value("insecure_no_auth", "false",
+        "serve without tokens on any address (refused together with a token file)",
+    ),
+    value("metrics_open", "false", "`GET /metrics` without a token"),
+    value("keep_alive", "75s",
+        "idle client connections are closed after this (`0s`: after each answer; at most 1h); longer \
+         than the Rust client's 30 s pool idle time, so a client never reuses a closing connection",
+    ),
+    unset(
+        "tls_cert_file",
+        "/etc/keydb/tls/tls.crt",
+        "HTTPS: the certificate (chain), PEM; re-read when it changes",
+    ),
+    unset("tls_key_file", "/etc/keydb/tls/tls.key", "its private key, PEM (both or neither)"),
+    unset(
+        "tls_client_ca_file",
+        "/etc/keydb/tls/ca.crt",
+        "mutual TLS: clients must present a certificate this CA signed",
+    ),
 ];
+
+/// Looks a setting up by name.
+pub fn spec_of(name: &str) -> Option<&'static Spec> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
+
+/// `settings/default.toml`: every setting with its default (or, commented
+/// out, an example), made from [`SETTINGS`].
+pub fn default_toml() -> String {
+    let mut out = String::from(
+        "# KeyDB node settings and their defaults, made from the declarations in\n\
+         # src/settings.rs (a test checks this file against them).\n\
+         #\n\
+         # Layering: these defaults < the TOML file named by KEYDB_CONFIG < KEYDB_*\n\
+         # environment variables (e.g. KEYDB_PORT=50052). Names here are the variable\n\
+         # names without the KEYDB_ prefix, in lower case. See docs/API.md (\"Node\n\
+         # configuration\").\n",
+    );
+    for spec in SETTINGS {
+        out.push('\n');
+        let mut meaning = spec.meaning.to_string();
+        if let Fallback::Derived(how) = spec.default {
+            meaning.push_str(&format!(". Unset: {how}"));
+        }
+        for line in wrap(&meaning, 76) {
+            out.push_str(&format!("# {line}\n"));
+        }
+        match (spec.default, spec.example) {
+            (Fallback::Value(v), _) => out.push_str(&format!("{} = {}\n", spec.name, toml_value(v))),
+            (_, Some(e)) => out.push_str(&format!("# {} = {}\n", spec.name, toml_value(e))),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The rows of API.md's table of settings, made from [`SETTINGS`].
+pub fn api_table() -> String {
+    let mut out = String::from("| variable | default | meaning |\n| --- | --- | --- |\n");
+    for spec in SETTINGS {
+        let default = match spec.default {
+            Fallback::Value(v) if v.parse::<u64>().is_ok() => v.to_string(),
+            Fallback::Value(v) => format!("`{v}`"),
+            Fallback::Derived(how) => how.to_string(),
+            Fallback::Unset => String::new(),
+        };
+        let default = if default.is_empty() { " ".to_string() } else { format!(" {default} ") };
+        out.push_str(&format!("| `{}` |{default}| {} |\n", var(spec.name), spec.meaning));
+    }
+    out
+}
+
+/// Numbers, booleans and lists as they are; anything else quoted.
+fn toml_value(v: &str) -> String {
+    if v.parse::<u64>().is_ok() || v.parse::<bool>().is_ok() || v.starts_with('[') {
+        v.to_string()
+    } else {
+        format!("{v:?}")
+    }
+}
+
+/// Words into lines of at most `width` characters (longer words alone).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        // unwrap: `lines` is never empty.
+        let line = lines.last_mut().unwrap();
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(word.to_string());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
+}
 
 /// `KEYDB_*` variables that are not node settings and are left alone:
 /// `KEYDB_CONFIG` names the file, `KEYDB_ADDRESSES` is read by the CLI, and
@@ -177,7 +336,14 @@ impl Settings {
 
     /// Reads the layers with `env` standing in for the environment.
     pub fn from_env(env: HashMap<String, String>) -> Result<Settings, SettingsError> {
-        let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        let mut builder = Config::builder();
+        for spec in SETTINGS {
+            if let Fallback::Value(value) = spec.default {
+                builder = builder
+                    .set_default(spec.name, value)
+                    .map_err(|e| SettingsError::Source(e.to_string()))?;
+            }
+        }
         if let Some(path) = env.get("KEYDB_CONFIG").filter(|p| !p.is_empty()) {
             builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
         }
@@ -191,9 +357,9 @@ impl Settings {
     }
 
     fn from_values(values: config::Map<String, Value>) -> Result<Settings, SettingsError> {
-        let mut p = Parser { values, problems: Vec::new() };
+        let mut p = Parser { values, problems: Vec::new(), read: Default::default() };
         for key in p.values.keys() {
-            if !KEYS.contains(&key.as_str()) && !NOT_SETTINGS.contains(&key.as_str()) {
+            if spec_of(key).is_none() && !NOT_SETTINGS.contains(&key.as_str()) {
                 p.problems.push(Problem {
                     variable: var(key),
                     value: String::new(),
@@ -363,6 +529,11 @@ impl Settings {
         if backend == StorageBackend::S3 && bucket.is_none() {
             p.problem("storage_bucket", "", "a bucket name when KEYDB_STORAGE_BACKEND is s3");
         }
+        debug_assert!(
+            SETTINGS.iter().all(|s| p.read.contains(s.name)),
+            "every declared setting is read: {:?}",
+            SETTINGS.iter().map(|s| s.name).filter(|n| !p.read.contains(n)).collect::<Vec<_>>()
+        );
         if !p.problems.is_empty() {
             return Err(SettingsError::Invalid(p.problems));
         }
@@ -438,11 +609,16 @@ pub fn valid_address_list(list: &[String]) -> bool {
 struct Parser {
     values: config::Map<String, Value>,
     problems: Vec<Problem>,
+    /// Settings read so far: every declared one must be (checked in tests).
+    read: std::collections::BTreeSet<&'static str>,
 }
 
 impl Parser {
     /// The raw text of a setting; lists (from TOML) are turned into JSON.
-    fn raw(&self, key: &str) -> Option<String> {
+    fn raw(&mut self, key: &str) -> Option<String> {
+        // expect: reading an undeclared setting is a bug the tests catch at once.
+        let spec = spec_of(key).expect("a setting read is declared in SETTINGS");
+        self.read.insert(spec.name);
         let value = self.values.get(key)?;
         let text = match &value.kind {
             ValueKind::Nil => return None,
@@ -500,6 +676,62 @@ mod tests {
             Err(SettingsError::Invalid(p)) => p,
             other => panic!("expected problems, got {other:?}"),
         }
+    }
+
+    /// `path` holds `expected` (between `start` and the next blank line, if
+    /// given); with `KEYDB_BLESS=1` it is rewritten instead.
+    fn check_made_file(path: &str, start: Option<&str>, expected: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (before, current, after) = match start {
+            None => ("", text.as_str(), ""),
+            Some(start) => {
+                let at = text.find(start).unwrap_or_else(|| panic!("{} has no {start:?}", path.display()));
+                let end = text[at..].find("\n\n").map_or(text.len(), |e| at + e + 1);
+                (&text[..at], &text[at..end], &text[end..])
+            }
+        };
+        if current == expected {
+            return;
+        }
+        if std::env::var("KEYDB_BLESS").as_deref() == Ok("1") {
+            std::fs::write(&path, format!("{before}{expected}{after}")).unwrap();
+            return;
+        }
+        panic!(
+            "{} is out of date with SETTINGS; run `KEYDB_BLESS=1 cargo test --lib settings` to remake it.\n\
+             expected:\n{expected}",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn default_toml_is_made_from_the_declarations() {
+        check_made_file("settings/default.toml", None, &default_toml());
+        // The file, read as the layer it documents, gives the same settings.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.toml");
+        std::fs::write(&file, default_toml()).unwrap();
+        let from_file = Settings::from_env(env(&[("KEYDB_CONFIG", file.to_str().unwrap())])).unwrap();
+        assert_eq!(from_file, Settings::from_env(env(&[])).unwrap());
+    }
+
+    #[test]
+    fn api_md_lists_every_setting() {
+        check_made_file("docs/API.md", Some("| variable | default | meaning |"), &api_table());
+    }
+
+    #[test]
+    fn every_declared_setting_is_read_and_no_other() {
+        let names: std::collections::HashSet<_> = SETTINGS.iter().map(|s| s.name).collect();
+        assert_eq!(names.len(), SETTINGS.len(), "a setting declared twice");
+        for s in SETTINGS {
+            assert!(matches!(s.default, Fallback::Value(_)) || s.example.is_some(), "{} needs an example", s.name);
+        }
+        // from_values debug-asserts that it read every declared setting.
+        Settings::from_env(env(&[])).unwrap();
+        let p = problems(&[("KEYDB_NOT_DECLARED", "1")]);
+        assert_eq!(p[0].variable, "KEYDB_NOT_DECLARED");
     }
 
     #[test]

@@ -437,7 +437,7 @@ fn settings() {
     }
     // Every known name, so that mutants reach each one's parser.
     let names: Vec<String> =
-        keydb::settings::KEYS.iter().map(|k| format!("KEYDB_{}=", k.to_uppercase())).collect();
+        keydb::settings::SETTINGS.iter().map(|s| format!("KEYDB_{}=", s.name.to_uppercase())).collect();
     seeds.push(names.join("\n").into_bytes());
     fuzz("settings", seeds, true, no_seal, |data| {
         let text = String::from_utf8_lossy(data);

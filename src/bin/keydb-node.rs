@@ -1,5 +1,5 @@
-//! `keydb-node`: one KeyDB server. Settings come from `settings/default.toml`
-//! (embedded), the file named by `KEYDB_CONFIG` and `KEYDB_*` variables.
+//! `keydb-node`: one KeyDB server. Settings come from the defaults (listed in
+//! `settings/default.toml`), the file named by `KEYDB_CONFIG` and `KEYDB_*` variables.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ const HELP: &str = "keydb-node: a KeyDB server node
 
 Usage: keydb-node [--help | --version]
 
-Configured by settings/default.toml (embedded), then the TOML file named by
+Configured by its defaults (listed in settings/default.toml), then the TOML file named by
 KEYDB_CONFIG, then KEYDB_* environment variables, e.g.
   KEYDB_PORT=50051 KEYDB_NODE_ID=0 KEYDB_NODE_ADDRESSES=localhost:50051 keydb-node
 Logging: RUST_LOG (default info). See API.md for every setting.";
