@@ -15,7 +15,7 @@ use actix::{Actor, Addr, Arbiter};
 use actix_web::{web, App, HttpServer};
 use futures_util::stream::{self, StreamExt};
 
-use crate::actors::{RangeActor, RouterActor, RouterDeps, SharedRanges, SnapshotActor};
+use crate::actors::{KeyCounts, RangeActor, RouterActor, RouterDeps, SharedRanges, SnapshotActor};
 use crate::auth;
 use crate::clock;
 use crate::datadir::{self, Identity};
@@ -202,13 +202,16 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
 
     // Kept alive for the life of the server; each runs range actors.
     let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
+    let key_counts = KeyCounts::new(total);
     let mut slots = Vec::new();
     let mut to_restore = Vec::new();
     for (ranges, role) in [(&plan.kept, Role::Kept), (&plan.gained, Role::Gained), (&plan.lost, Role::Lost)] {
         for &range in ranges {
             let Some(state) = protocol::at_start(role) else { continue };
             let arbiter = &arbiters[slots.len() % arbiters.len()];
-            let addr = RangeActor::start_in_arbiter(&arbiter.handle(), move |_| RangeActor::new(range));
+            let counts = key_counts.clone();
+            let addr =
+                RangeActor::start_in_arbiter(&arbiter.handle(), move |_| RangeActor::new(range, counts));
             to_restore.push((range, addr.clone(), role));
             slots.push((range, addr, state));
         }
@@ -225,6 +228,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         arbiters: arbiters.iter().map(|a| a.handle()).collect(),
         last_snapshot,
         ranges,
+        key_counts,
     };
     let router = RouterActor::new(deps, view, slots).start();
     actix_web::rt::spawn(refresh_view(store.clone(), router.clone(), settings.view_refresh_interval));

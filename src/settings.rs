@@ -726,7 +726,11 @@ mod tests {
         let names: std::collections::HashSet<_> = SETTINGS.iter().map(|s| s.name).collect();
         assert_eq!(names.len(), SETTINGS.len(), "a setting declared twice");
         for s in SETTINGS {
-            assert!(matches!(s.default, Fallback::Value(_)) || s.example.is_some(), "{} needs an example", s.name);
+            assert!(
+                matches!(s.default, Fallback::Value(_)) || s.example.is_some(),
+                "{} needs an example",
+                s.name
+            );
         }
         // from_values debug-asserts that it read every declared setting.
         Settings::from_env(env(&[])).unwrap();

@@ -14,6 +14,6 @@ mod router;
 mod snapshot;
 
 pub use crate::protocol::RangeState;
-pub use range::RangeActor;
+pub use range::{KeyCounts, RangeActor};
 pub use router::{RouteError, RouterActor, RouterDeps};
 pub use snapshot::{RangeSets, SharedRanges, SnapshotActor, SnapshotError};

@@ -6,14 +6,16 @@
 //! sequence number the request must wait for. Until its table is restored
 //! ([`Restore`]) it refuses batches.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 
 use crate::clock;
 use crate::messages::{
-    CopyEntries, ForceFullSnapshot, MergeEntries, RangeBatch, RangeOp, RangeStats, RangeStatsReply,
-    RangeUnavailable, Restore, Retire, SnapshotData, TakeSnapshot,
+    CopyEntries, ForceFullSnapshot, MergeEntries, RangeBatch, RangeOp, RangeUnavailable, Restore, Retire,
+    SnapshotData, TakeSnapshot,
 };
 use crate::segment::SegmentKind;
 use crate::table::{Expiry, RangeTable, TableKey};
@@ -41,15 +43,43 @@ struct Serving {
     changed: Vec<(TableKey, Expiry)>,
 }
 
+/// Each range's key count (expired-but-unswept keys included), written by
+/// its actor whenever its table changes size, so that `/info` and
+/// `/metrics` read them without asking every actor.
+#[derive(Debug, Clone)]
+pub struct KeyCounts(Arc<[AtomicU64]>);
+
+impl KeyCounts {
+    pub fn new(total_hash_ranges: u32) -> Self {
+        KeyCounts((0..total_hash_ranges).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn set(&self, range: u32, keys: usize) {
+        self.0[range as usize].store(keys as u64, Ordering::Relaxed);
+    }
+
+    /// The keys of these ranges.
+    pub fn sum(&self, ranges: impl IntoIterator<Item = u32>) -> u64 {
+        ranges.into_iter().map(|r| self.0[r as usize].load(Ordering::Relaxed)).sum()
+    }
+}
+
 pub struct RangeActor {
     range: u32,
     /// `None` until restored.
     state: Option<Serving>,
+    counts: KeyCounts,
 }
 
 impl RangeActor {
-    pub fn new(range: u32) -> Self {
-        RangeActor { range, state: None }
+    pub fn new(range: u32, counts: KeyCounts) -> Self {
+        counts.set(range, 0);
+        RangeActor { range, state: None, counts }
+    }
+
+    /// Publishes the table's size (see [`KeyCounts`]).
+    fn count(&self) {
+        self.counts.set(self.range, self.state.as_ref().map_or(0, |s| s.table.len()));
     }
 
     fn sweep(&mut self) {
@@ -62,6 +92,7 @@ impl RangeActor {
         }
         if removed > 0 {
             log::trace!("range {}: swept {removed} expired keys", self.range);
+            self.count();
         }
     }
 
@@ -121,6 +152,7 @@ impl Handler<RangeBatch> for RangeActor {
         }
         if !changed.is_empty() {
             s.last_seq = s.wal.append(range, changed);
+            self.counts.set(range, s.table.len());
         }
         slot.answer(answers, s.last_seq);
     }
@@ -139,6 +171,7 @@ impl Handler<Restore> for RangeActor {
             answers: Vec::new(),
             changed: Vec::new(),
         });
+        self.count();
     }
 }
 
@@ -175,20 +208,13 @@ impl Handler<CopyEntries> for RangeActor {
     }
 }
 
-impl Handler<RangeStats> for RangeActor {
-    type Result = RangeStatsReply;
-
-    fn handle(&mut self, _: RangeStats, _: &mut Context<Self>) -> RangeStatsReply {
-        RangeStatsReply { keys: self.state.as_ref().map_or(0, |s| s.table.len() as u64) }
-    }
-}
-
 impl Handler<MergeEntries> for RangeActor {
     type Result = Result<(), RangeUnavailable>;
 
     fn handle(&mut self, msg: MergeEntries, _: &mut Context<Self>) -> Self::Result {
         let s = self.serving()?;
         crate::restore::merge_all(&mut s.table, &msg.entries, msg.now);
+        self.count();
         Ok(())
     }
 }
@@ -198,6 +224,7 @@ impl Handler<Retire> for RangeActor {
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         self.state = None;
+        self.count();
         ctx.stop();
     }
 }

@@ -13,16 +13,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, ResponseFuture};
-use futures_util::future::join_all;
+use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, MessageResult, ResponseFuture};
 
 use crate::actors::snapshot::SharedRanges;
-use crate::actors::{loader, RangeActor, SnapshotActor};
+use crate::actors::{loader, KeyCounts, RangeActor, SnapshotActor};
 use crate::clock;
 use crate::messages::{
     AdoptView, CheckpointRange, Gather, GatherError, GetInfo, GetNotServing, GetStoredView, HandedOff,
-    Handoff, RangeBatch, RangeLoaded, RangeOnDisk, RangeOp, RangeStats, RangesRestored, RecordLocal, Retire,
-    Route, Routed,
+    Handoff, RangeBatch, RangeLoaded, RangeOnDisk, RangeOp, RangesRestored, RecordLocal, Retire, Route,
+    Routed,
 };
 use crate::protocol::{self, Access, Admission, AdoptAction, Next, Range, RangeState, Role, StartFrom};
 use crate::store::ObjectStore;
@@ -71,6 +70,8 @@ pub struct RouterDeps {
     pub last_snapshot: Arc<AtomicU64>,
     /// The ranges the snapshot actor snapshots and checkpoints.
     pub ranges: SharedRanges,
+    /// Written by the range actors, read by `/info`.
+    pub key_counts: KeyCounts,
 }
 
 pub struct RouterActor {
@@ -178,7 +179,8 @@ impl RouterActor {
     fn start_range(&mut self, range: u32) -> Addr<RangeActor> {
         let arbiter = &self.deps.arbiters[self.next_arbiter % self.deps.arbiters.len()];
         self.next_arbiter += 1;
-        RangeActor::start_in_arbiter(arbiter, move |_| RangeActor::new(range))
+        let counts = self.deps.key_counts.clone();
+        RangeActor::start_in_arbiter(arbiter, move |_| RangeActor::new(range, counts))
     }
 
     /// Gives a range gained while running an empty table, and starts the
@@ -479,17 +481,14 @@ impl Handler<GetNotServing> for RouterActor {
 }
 
 impl Handler<GetInfo> for RouterActor {
-    type Result = ResponseFuture<Info>;
+    type Result = MessageResult<GetInfo>;
 
     fn handle(&mut self, _: GetInfo, _: &mut Context<Self>) -> Self::Result {
         use RangeState::*;
         let view = self.view.wire().clone();
-        let stats: Vec<_> = self
-            .addrs(|s| matches!(s, Serving | Loading | Draining))
-            .iter()
-            .map(|(_, a)| a.send(RangeStats))
-            .collect();
-        let mut info = Info {
+        let keys_count =
+            self.deps.key_counts.sum(self.in_state(|s| matches!(s, Serving | Loading | Draining)));
+        MessageResult(Info {
             node_id: self.deps.node_id,
             cluster_size: view.addresses.len() as u32,
             addresses: view.addresses,
@@ -500,15 +499,10 @@ impl Handler<GetInfo> for RouterActor {
             range_owners: self.view.owners().to_vec(),
             ranges_loading: self.in_state(|s| matches!(s, Loading | Restoring)),
             ranges_draining: self.in_state(|s| s == Draining),
-            keys_count: 0,
+            keys_count,
             last_snapshot_timestamp: self.deps.last_snapshot.load(Ordering::Relaxed),
             cluster_id: self.stored.cluster_id.clone(),
             conditional_writes: self.deps.store.conditional_writes(),
-        };
-        Box::pin(async move {
-            // A range that does not answer counts as empty: /info is advisory.
-            info.keys_count = join_all(stats).await.into_iter().flatten().map(|s| s.keys).sum();
-            info
         })
     }
 }

@@ -9,7 +9,7 @@ mod snapshot;
 
 pub use range::{
     BatchSlot, CopyEntries, ForceFullSnapshot, Gather, GatherError, Gathered, MergeEntries, RangeBatch,
-    RangeOp, RangeStats, RangeStatsReply, RangeUnavailable, Restore, Retire, SnapshotData, TakeSnapshot,
+    RangeOp, RangeUnavailable, Restore, Retire, SnapshotData, TakeSnapshot,
 };
 pub use router::{
     AdoptView, GetInfo, GetNotServing, GetStoredView, HandedOff, RangeLoaded, RangeOnDisk, RangesRestored,

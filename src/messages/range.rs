@@ -189,17 +189,6 @@ impl Drop for BatchSlot {
 #[error("range {0} is not restored yet")]
 pub struct RangeUnavailable(pub u32);
 
-/// Reply: the range's key count (0 before it is restored).
-#[derive(Debug, Message)]
-#[rtype(result = "RangeStatsReply")]
-pub struct RangeStats;
-
-#[derive(Debug, Clone, Copy, Default, MessageResponse)]
-pub struct RangeStatsReply {
-    /// Stored entries, including expired ones not yet swept.
-    pub keys: u64,
-}
-
 /// Hands a restored table to its range actor, which then serves it.
 /// `force_full`: the object store may lack some of these entries, so the
 /// next snapshot must be a full one.
