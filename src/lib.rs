@@ -25,7 +25,8 @@
 //! - [`procfs`]: CPU, memory and file descriptors of this process, from `/proc`.
 //! - [`background`]: low-priority threads for snapshot encoding and checkpoints.
 //! - [`memory`]: giving memory freed by shrunk tables back to the OS.
-//! - [`messages`]: one struct per request between actors.
+//! - [`gather`]: the fan-in of one request's per-range batches into its answer.
+//! - [`messages`]: one struct per request between actors (data only).
 //! - [`actors`]: `RangeActor` (one per range) and `RouterActor`.
 //! - [`http`]: the actix-web API and its error mapping.
 //! - [`testing`]: guarantees broken on purpose by tests (debug builds only).
@@ -41,6 +42,7 @@ pub mod clock;
 pub mod datadir;
 pub mod files;
 pub mod fingerprint;
+pub mod gather;
 pub mod http;
 pub mod layout;
 pub mod memory;

@@ -13,9 +13,10 @@ use std::time::Duration;
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 
 use crate::clock;
+use crate::gather::RangeUnavailable;
 use crate::messages::{
-    CopyEntries, ForceFullSnapshot, MergeEntries, RangeBatch, RangeOp, RangeUnavailable, Restore, Retire,
-    SnapshotData, TakeSnapshot,
+    CopyEntries, ForceFullSnapshot, MergeEntries, RangeBatch, RangeOp, Restore, Retire, SnapshotData,
+    TakeSnapshot,
 };
 use crate::segment::SegmentKind;
 use crate::table::{Expiry, RangeTable, TableKey};

@@ -18,10 +18,10 @@ use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, MessageR
 use crate::actors::snapshot::SharedRanges;
 use crate::actors::{loader, KeyCounts, RangeActor, SnapshotActor};
 use crate::clock;
+use crate::gather::{Gather, GatherError};
 use crate::messages::{
-    AdoptView, CheckpointRange, Gather, GatherError, GetInfo, GetNotServing, GetStoredView, HandedOff,
-    Handoff, RangeBatch, RangeLoaded, RangeOnDisk, RangeOp, RangesRestored, RecordLocal, Retire, Route,
-    Routed,
+    AdoptView, CheckpointRange, GetInfo, GetNotServing, GetStoredView, HandedOff, Handoff, RangeBatch,
+    RangeLoaded, RangeOnDisk, RangeOp, RangesRestored, RecordLocal, Retire, Route, Routed,
 };
 use crate::protocol::{self, Access, Admission, AdoptAction, Next, Range, RangeState, Role, StartFrom};
 use crate::store::ObjectStore;

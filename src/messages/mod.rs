@@ -1,15 +1,17 @@
 //! Messages between actors: one struct per request, each with its reply type.
 //!
 //! Every message is `Debug` so that it can be logged when something goes
-//! wrong; none carries key bytes, only fingerprints.
+//! wrong; none carries key bytes, only fingerprints. A leaf: the types
+//! here only carry data; the fan-in a batch answers through lives in
+//! [`crate::gather`].
 
 mod range;
 mod router;
 mod snapshot;
 
 pub use range::{
-    BatchSlot, CopyEntries, ForceFullSnapshot, Gather, GatherError, Gathered, MergeEntries, RangeBatch,
-    RangeOp, RangeUnavailable, Restore, Retire, SnapshotData, TakeSnapshot,
+    CopyEntries, ForceFullSnapshot, MergeEntries, RangeBatch, RangeOp, Restore, Retire, SnapshotData,
+    TakeSnapshot,
 };
 pub use router::{
     AdoptView, GetInfo, GetNotServing, GetStoredView, HandedOff, RangeLoaded, RangeOnDisk, RangesRestored,
