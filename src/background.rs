@@ -10,13 +10,13 @@
 use std::sync::mpsc;
 use std::sync::{LazyLock, Mutex};
 
-type Job = Box<dyn FnOnce() + Send>;
+type Task = Box<dyn FnOnce() + Send>;
 
 /// Niceness of the threads: 0 is normal, 19 the lowest priority.
 const NICE: i32 = 10;
 
-static POOL: LazyLock<mpsc::Sender<Job>> = LazyLock::new(|| {
-    let (tx, rx) = mpsc::channel::<Job>();
+static POOL: LazyLock<mpsc::Sender<Task>> = LazyLock::new(|| {
+    let (tx, rx) = mpsc::channel::<Task>();
     let rx = std::sync::Arc::new(Mutex::new(rx));
     let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
     for i in 0..threads {
@@ -44,7 +44,7 @@ static POOL: LazyLock<mpsc::Sender<Job>> = LazyLock::new(|| {
 /// Runs `f` on a low-priority thread and waits for its result.
 pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
+    let job: Task = Box::new(move || {
         // The waiter may be gone (the node is stopping): nothing to do.
         let _ = tx.send(f());
     });

@@ -53,7 +53,7 @@ use crate::assignment;
 use crate::fingerprint::{checked_fingerprint, Fingerprint};
 use crate::store::error_chain;
 use crate::view::ViewWire;
-use crate::wire::{self, BinaryKeys, BinaryRequest, Info, MAX_TTL_SECONDS};
+use crate::wire::{self, BinaryKeys, BinaryRequest, Info, Verb, MAX_TTL_SECONDS};
 
 /// Client settings. `addresses` may name a single node: the client learns
 /// the others from it.
@@ -141,31 +141,6 @@ impl ClientError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Get,
-    Put,
-    Claim,
-}
-
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Get => "get",
-            Op::Put => "put",
-            Op::Claim => "claim",
-        }
-    }
-
-    fn path(self) -> &'static str {
-        match self {
-            Op::Get => "/get",
-            Op::Put => "/put",
-            Op::Claim => "/claim",
-        }
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct OpLabel {
     op: &'static str,
@@ -198,7 +173,7 @@ impl Default for ClientMetrics {
 }
 
 impl ClientMetrics {
-    fn record(&self, op: Op, keys: u64, error: Option<&ClientError>, elapsed: Duration) {
+    fn record(&self, op: Verb, keys: u64, error: Option<&ClientError>, elapsed: Duration) {
         let outcome = match error {
             None => "ok",
             Some(ClientError::Unavailable { .. }) => "unavailable",
@@ -321,12 +296,12 @@ impl Client {
     /// Stores keys for `ttl` (an existing key keeps the later expiry).
     pub async fn put<K: AsRef<[u8]>>(&self, keys: &[K], ttl: Duration) -> Result<(), ClientError> {
         let ttl = check_ttl(ttl)?;
-        self.data(Op::Put, fingerprints(keys)?, ttl).await.map(|_| ())
+        self.data(Verb::Put, fingerprints(keys)?, ttl).await.map(|_| ())
     }
 
     /// For each key, in order: does it exist?
     pub async fn get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<bool>, ClientError> {
-        self.data(Op::Get, fingerprints(keys)?, 0).await
+        self.data(Verb::Get, fingerprints(keys)?, 0).await
     }
 
     /// For each key, in order: did it exist before? The ones that did not
@@ -334,7 +309,7 @@ impl Client {
     /// `false`.
     pub async fn claim<K: AsRef<[u8]>>(&self, keys: &[K], ttl: Duration) -> Result<Vec<bool>, ClientError> {
         let ttl = check_ttl(ttl)?;
-        self.data(Op::Claim, fingerprints(keys)?, ttl).await
+        self.data(Verb::Claim, fingerprints(keys)?, ttl).await
     }
 
     /// Registers this client's metrics in `registry` (as `keydb_client_*`
@@ -514,7 +489,7 @@ impl Client {
         }
     }
 
-    async fn data(&self, op: Op, fps: Vec<Fingerprint>, ttl: u32) -> Result<Vec<bool>, ClientError> {
+    async fn data(&self, op: Verb, fps: Vec<Fingerprint>, ttl: u32) -> Result<Vec<bool>, ClientError> {
         let started = std::time::Instant::now();
         let keys = fps.len() as u64;
         let result = self.data_with_retries(op, fps, ttl).await;
@@ -524,13 +499,13 @@ impl Client {
 
     async fn data_with_retries(
         &self,
-        op: Op,
+        op: Verb,
         fps: Vec<Fingerprint>,
         ttl: u32,
     ) -> Result<Vec<bool>, ClientError> {
         self.learn_view().await?;
         let config = &self.inner.config;
-        let mut answers = vec![false; if op == Op::Put { 0 } else { fps.len() }];
+        let mut answers = vec![false; if op == Verb::Put { 0 } else { fps.len() }];
         let mut pending: Vec<usize> = (0..fps.len()).collect();
         let mut delay = config.retry_delay;
         let mut attempt = 0;
@@ -558,7 +533,7 @@ impl Client {
             for (node, address, positions, result) in join_all(calls).await {
                 match result {
                     Ok((epoch, bits)) => {
-                        if op != Op::Put {
+                        if op != Verb::Put {
                             if bits.len() != positions.len() {
                                 return Err(ClientError::Rejected {
                                     node,
@@ -595,7 +570,7 @@ impl Client {
                         wait = true;
                         retry.extend(positions);
                     }
-                    Err(Failure::Lost(reason)) if op == Op::Claim => {
+                    Err(Failure::Lost(reason)) if op == Verb::Claim => {
                         return Err(ClientError::OutcomeUnknown { node, address, reason });
                     }
                     Err(Failure::Lost(reason)) => {
@@ -604,7 +579,7 @@ impl Client {
                         retry.extend(positions);
                     }
                     Err(Failure::Status { status, code, message, .. })
-                        if op == Op::Claim && status >= 500 =>
+                        if op == Verb::Claim && status >= 500 =>
                     {
                         return Err(ClientError::OutcomeUnknown {
                             node,
@@ -644,7 +619,7 @@ impl Client {
     async fn send_batch(
         &self,
         address: &str,
-        op: Op,
+        op: Verb,
         fps: Vec<u128>,
         ttl: u32,
     ) -> Result<(u64, Vec<bool>), Failure> {

@@ -1,5 +1,5 @@
 //! The fan-in of one request: its keys grouped by range, each range's share
-//! ([`BatchSlot`]) answered by that range's actor, and one waiter woken when
+//! ([`Share`]) answered by that range's actor, and one waiter woken when
 //! the last share is in.
 //!
 //! Plain synchronous code: it knows nothing of actors, so it is tested with
@@ -77,8 +77,8 @@ impl Gather {
     }
 
     /// The batch of the range whose keys are `keys[start..end]`.
-    pub fn slot(self: &Arc<Self>, range: u32, start: usize, end: usize) -> BatchSlot {
-        BatchSlot { gather: self.clone(), range, start, end, answered: false }
+    pub fn share(self: &Arc<Self>, range: u32, start: usize, end: usize) -> Share {
+        Share { gather: self.clone(), range, start, end, answered: false }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GatherState> {
@@ -111,7 +111,7 @@ impl GatherState {
 
 /// One range's share of a [`Gather`]: its keys, and where its answers go.
 /// Dropped without an answer, it fails the request.
-pub struct BatchSlot {
+pub struct Share {
     gather: Arc<Gather>,
     range: u32,
     start: usize,
@@ -119,13 +119,13 @@ pub struct BatchSlot {
     answered: bool,
 }
 
-impl std::fmt::Debug for BatchSlot {
+impl std::fmt::Debug for Share {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BatchSlot(range {}, {} keys)", self.range, self.end - self.start)
+        write!(f, "Share(range {}, {} keys)", self.range, self.end - self.start)
     }
 }
 
-impl BatchSlot {
+impl Share {
     /// This range's keys, in request order.
     pub fn keys(&self) -> &[TableKey] {
         &self.gather.keys[self.start..self.end]
@@ -160,7 +160,7 @@ impl BatchSlot {
     }
 }
 
-impl Drop for BatchSlot {
+impl Drop for Share {
     fn drop(&mut self) {
         if !self.answered {
             self.fail(GatherError::Dropped(self.range));
@@ -191,7 +191,7 @@ mod tests {
     #[test]
     fn answers_land_in_request_order_with_the_highest_sequence_number() {
         let (g, mut rx) = two_ranges();
-        let (a, b) = (g.slot(7, 0, 2), g.slot(9, 2, 4));
+        let (a, b) = (g.share(7, 0, 2), g.share(9, 2, 4));
         assert_eq!(a.keys(), &keys(4)[0..2]);
         b.answer(&[true, false], 12);
         assert!(rx.try_recv().is_err(), "one range is still out");
@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn puts_have_no_answers_and_no_ranges_finish_at_once() {
         let (g, rx) = Gather::new(keys(2), vec![0, 1], 1, false);
-        g.slot(0, 0, 2).answer(&[], 3);
+        g.share(0, 0, 2).answer(&[], 3);
         let done = result(rx).unwrap().unwrap();
         assert!(done.answers.is_empty());
         assert_eq!(done.wal_seq, 3);
@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn a_refused_range_fails_the_request_after_every_share_is_in() {
         let (g, mut rx) = two_ranges();
-        let (a, b) = (g.slot(7, 0, 2), g.slot(9, 2, 4));
+        let (a, b) = (g.share(7, 0, 2), g.share(9, 2, 4));
         a.refuse(RangeUnavailable(7));
         assert!(rx.try_recv().is_err(), "waits for the other share, which may have written");
         b.answer(&[true, true], 4);
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn a_dropped_share_fails_the_request() {
         let (g, rx) = two_ranges();
-        let (a, b) = (g.slot(7, 0, 2), g.slot(9, 2, 4));
+        let (a, b) = (g.share(7, 0, 2), g.share(9, 2, 4));
         a.answer(&[true, true], 1);
         drop(b);
         assert!(matches!(result(rx), Some(Err(GatherError::Dropped(9)))));
@@ -234,7 +234,7 @@ mod tests {
     #[test]
     fn the_first_failure_wins() {
         let (g, rx) = two_ranges();
-        let (a, b) = (g.slot(7, 0, 2), g.slot(9, 2, 4));
+        let (a, b) = (g.share(7, 0, 2), g.share(9, 2, 4));
         drop(b);
         a.refuse(RangeUnavailable(7));
         assert!(matches!(result(rx), Some(Err(GatherError::Dropped(9)))));
@@ -244,7 +244,7 @@ mod tests {
     fn a_waiter_that_hung_up_is_no_harm() {
         let (g, rx) = two_ranges();
         drop(rx);
-        g.slot(7, 0, 2).answer(&[true, true], 1);
-        g.slot(9, 2, 4).answer(&[true, true], 1);
+        g.share(7, 0, 2).answer(&[true, true], 1);
+        g.share(9, 2, 4).answer(&[true, true], 1);
     }
 }

@@ -41,7 +41,7 @@ const MAX_VIEW_RETRY_DELAY: Duration = Duration::from_secs(5);
 const LAST_SNAPSHOT_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The WAL once opened, with its writer thread, for the shutdown to flush.
-type WalSlot = Arc<Mutex<Option<(Wal, std::thread::JoinHandle<()>)>>>;
+type PendingWal = Arc<Mutex<Option<(Wal, std::thread::JoinHandle<()>)>>>;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -233,7 +233,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     let router = RouterActor::new(deps, view, slots).start();
     actix_web::rt::spawn(refresh_view(store.clone(), router.clone(), settings.view_refresh_interval));
 
-    let wal_slot: WalSlot = Arc::default();
+    let wal_slot: PendingWal = Arc::default();
     actix_web::rt::spawn(restore_ranges(Restorer {
         data_dir: settings.data_dir.clone(),
         total_hash_ranges: total,
@@ -481,7 +481,7 @@ struct Restorer {
     ranges: Vec<(u32, Addr<RangeActor>, Role)>,
     router: Addr<RouterActor>,
     snapshots: Addr<SnapshotActor>,
-    wal_slot: WalSlot,
+    wal_slot: PendingWal,
     /// Set to the oldest snapshot time among ranges restored from the store
     /// (what `/info` reports until this node writes a snapshot itself).
     last_snapshot: Arc<AtomicU64>,

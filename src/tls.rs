@@ -78,10 +78,10 @@ fn client_verifier(path: &Path, pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier
 pub struct Reloadable {
     files: ServerFiles,
     key: RwLock<Arc<CertifiedKey>>,
-    verifier: Option<Arc<VerifierSlot>>,
+    verifier: Option<Arc<SharedVerifier>>,
 }
 
-type VerifierSlot = RwLock<Arc<dyn ClientCertVerifier>>;
+type SharedVerifier = RwLock<Arc<dyn ClientCertVerifier>>;
 
 impl fmt::Debug for Reloadable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -97,7 +97,7 @@ impl ResolvesServerCert for Reloadable {
 
 /// The client CA's verifier in force, re-read like the certificate.
 #[derive(Debug)]
-struct ReloadingVerifier(Arc<VerifierSlot>);
+struct ReloadingVerifier(Arc<SharedVerifier>);
 
 impl ReloadingVerifier {
     fn current(&self) -> Arc<dyn ClientCertVerifier> {

@@ -45,6 +45,32 @@ pub const BINARY_VERSION: u8 = 1;
 /// Largest TTL: ten years (API.md).
 pub const MAX_TTL_SECONDS: u64 = 315_360_000;
 
+/// The three data routes, as the node serves them and the client calls them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Put,
+    Claim,
+}
+
+impl Verb {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::Put => "put",
+            Verb::Claim => "claim",
+        }
+    }
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Verb::Get => "/get",
+            Verb::Put => "/put",
+            Verb::Claim => "/claim",
+        }
+    }
+}
+
 /// What a data route needs from its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataRequest {

@@ -116,12 +116,12 @@ impl Handler<RangeBatch> for RangeActor {
 
     fn handle(&mut self, batch: RangeBatch, _: &mut Context<Self>) {
         let range = self.range;
-        let RangeBatch { op, now, slot } = batch;
+        let RangeBatch { op, now, share } = batch;
         let Some(s) = &mut self.state else {
-            slot.refuse(RangeUnavailable(range));
+            share.refuse(RangeUnavailable(range));
             return;
         };
-        let keys = slot.keys();
+        let keys = share.keys();
         #[cfg(debug_assertions)]
         if let Some(poison) = test_panic_key() {
             // Test-only (debug builds): a bug inside a range actor, to show
@@ -155,7 +155,7 @@ impl Handler<RangeBatch> for RangeActor {
             s.last_seq = s.wal.append(range, changed);
             self.counts.set(range, s.table.len());
         }
-        slot.answer(answers, s.last_seq);
+        share.answer(answers, s.last_seq);
     }
 }
 

@@ -417,11 +417,12 @@ impl Handler<Route> for RouterActor {
         for range in (0..total).filter(|&r| start[r as usize + 1] > start[r as usize]) {
             // unwrap: every group's range was checked to have a slot above.
             let addr = &self.slots[range as usize].as_ref().unwrap().addr;
-            let slot = gather.slot(range, start[range as usize] as usize, start[range as usize + 1] as usize);
+            let share =
+                gather.share(range, start[range as usize] as usize, start[range as usize + 1] as usize);
             // do_send: queued now, ahead of any later state change of this
             // router; a batch that cannot be delivered fails the request
-            // through its slot.
-            addr.do_send(RangeBatch { op, now, slot });
+            // through its share.
+            addr.do_send(RangeBatch { op, now, share });
         }
         drop(gather);
         let epoch = self.view.epoch();

@@ -83,7 +83,7 @@ fn read(ranges: &SharedRanges) -> std::sync::MutexGuard<'_, RangeSets> {
 
 /// What a run needs, cloned into its future.
 #[derive(Clone)]
-struct Job {
+struct SnapshotDeps {
     node_id: u32,
     total_hash_ranges: u32,
     store: ObjectStore,
@@ -97,7 +97,7 @@ struct Job {
 static SEGMENT_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 pub struct SnapshotActor {
-    job: Job,
+    job: SnapshotDeps,
     data_dir: PathBuf,
     /// Zero: no periodic snapshots.
     interval: Duration,
@@ -119,7 +119,7 @@ impl SnapshotActor {
         last_snapshot: Arc<AtomicU64>,
     ) -> Self {
         SnapshotActor {
-            job: Job {
+            job: SnapshotDeps {
                 node_id: settings.node_id,
                 total_hash_ranges: settings.total_hash_ranges,
                 store,
@@ -275,7 +275,7 @@ impl Handler<CreateSnapshots> for SnapshotActor {
     }
 }
 
-async fn snapshot_all(job: Job, full: bool) -> Result<SnapshotReport, SnapshotError> {
+async fn snapshot_all(job: SnapshotDeps, full: bool) -> Result<SnapshotReport, SnapshotError> {
     // After the first failure the ranges not started yet are left alone
     // (their changes stay marked for the next run) instead of hammering a
     // failing store; those already started run to the end, because a range
@@ -314,7 +314,7 @@ async fn snapshot_all(job: Job, full: bool) -> Result<SnapshotReport, SnapshotEr
 
 /// Snapshots one range; returns (entries, bytes) written, zeros if nothing changed.
 async fn snapshot_range(
-    job: &Job,
+    job: &SnapshotDeps,
     range: u32,
     addr: &Addr<RangeActor>,
     full: bool,
@@ -345,7 +345,7 @@ async fn snapshot_range(
 
 /// Writes a lost range's last segment and its handoff mark for the epoch,
 /// unless the mark is there already (a handoff redone after a restart).
-async fn handoff(job: &Job, msg: Handoff) -> Result<(), SnapshotError> {
+async fn handoff(job: &SnapshotDeps, msg: Handoff) -> Result<(), SnapshotError> {
     let range = msg.range;
     let _exclusive = job.locks[range as usize].lock().await;
     let manifest = match layout::read_manifest(&job.store, range, job.total_hash_ranges).await {
@@ -383,7 +383,7 @@ async fn handoff(job: &Job, msg: Handoff) -> Result<(), SnapshotError> {
 /// manifest naming it, with `handoff` if given; returns (entries, bytes,
 /// chain length).
 async fn write_segment(
-    job: &Job,
+    job: &SnapshotDeps,
     range: u32,
     kind: SegmentKind,
     entries: Vec<(crate::table::TableKey, crate::table::Expiry)>,
@@ -477,7 +477,7 @@ async fn checkpoint_range(
 
 /// Writes a full local checkpoint of every range, then drops the WAL files
 /// it covers. Returns the number of ranges written.
-async fn checkpoint(job: Job, data_dir: PathBuf, wal: Wal) -> Result<usize, String> {
+async fn checkpoint(job: SnapshotDeps, data_dir: PathBuf, wal: Wal) -> Result<usize, String> {
     // Every record below `seq` was applied to its table before being
     // appended, so the copies taken after this point contain it; every
     // record from `seq` on goes to a file the truncation keeps.

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 
 use super::{ApiError, State};
 use crate::messages::{Route, RouteKind};
-use crate::wire::{self, BinaryResponse, ClaimResponse, DataRequest, GetResponse, PutResponse};
+use crate::wire::{self, BinaryResponse, ClaimResponse, DataRequest, GetResponse, PutResponse, Verb};
 
 /// The request header naming the epoch of the view the client routed with.
 pub const EPOCH_HEADER: &str = "keydb-epoch";
@@ -18,23 +18,16 @@ enum Format {
     Binary,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Get,
-    Put,
-    Claim,
-}
-
 pub async fn put(req: HttpRequest, body: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
-    serve(Op::Put, req, body, state).await
+    serve(Verb::Put, req, body, state).await
 }
 
 pub async fn get(req: HttpRequest, body: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
-    serve(Op::Get, req, body, state).await
+    serve(Verb::Get, req, body, state).await
 }
 
 pub async fn claim(req: HttpRequest, body: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
-    serve(Op::Claim, req, body, state).await
+    serve(Verb::Claim, req, body, state).await
 }
 
 fn format_of(req: &HttpRequest) -> Result<Format, ApiError> {
@@ -78,7 +71,12 @@ pub(super) async fn read_body(
     Ok(buf)
 }
 
-async fn serve(op: Op, req: HttpRequest, body: web::Payload, state: State) -> Result<HttpResponse, ApiError> {
+async fn serve(
+    op: Verb,
+    req: HttpRequest,
+    body: web::Payload,
+    state: State,
+) -> Result<HttpResponse, ApiError> {
     let format = format_of(&req)?;
     let client_epoch = match req.headers().get(EPOCH_HEADER) {
         None => 0,
@@ -87,7 +85,7 @@ async fn serve(op: Op, req: HttpRequest, body: web::Payload, state: State) -> Re
         })?,
     };
     let bytes = read_body(&req, body, state.max_body_bytes).await?;
-    let with_ttl = op != Op::Get;
+    let with_ttl = op != Verb::Get;
     let decoded = match format {
         Format::Json => wire::decode_json(&bytes, with_ttl, state.max_keys_per_request),
         Format::Binary => wire::decode_binary(&bytes, with_ttl, state.max_keys_per_request),
@@ -100,9 +98,9 @@ async fn serve(op: Op, req: HttpRequest, body: web::Payload, state: State) -> Re
         .inc_by(fingerprints.len() as u64);
     drop(bytes);
     let kind = match (op, ttl_seconds) {
-        (Op::Get, _) => RouteKind::Get,
-        (Op::Put, Some(ttl_seconds)) => RouteKind::Put { ttl_seconds },
-        (Op::Claim, Some(ttl_seconds)) => RouteKind::Claim { ttl_seconds },
+        (Verb::Get, _) => RouteKind::Get,
+        (Verb::Put, Some(ttl_seconds)) => RouteKind::Put { ttl_seconds },
+        (Verb::Claim, Some(ttl_seconds)) => RouteKind::Claim { ttl_seconds },
         (_, None) => return Err(ApiError::Internal("decoder returned no ttl".into())),
     };
     let routed = state
@@ -115,9 +113,11 @@ async fn serve(op: Op, req: HttpRequest, body: web::Payload, state: State) -> Re
             .content_type("application/octet-stream")
             .body(wire::encode_binary_response(&BinaryResponse::new(routed.epoch, &routed.answers))),
         Format::Json => match op {
-            Op::Put => HttpResponse::Ok().json(PutResponse { success: true, epoch: routed.epoch }),
-            Op::Get => HttpResponse::Ok().json(GetResponse { exists: &routed.answers, epoch: routed.epoch }),
-            Op::Claim => {
+            Verb::Put => HttpResponse::Ok().json(PutResponse { success: true, epoch: routed.epoch }),
+            Verb::Get => {
+                HttpResponse::Ok().json(GetResponse { exists: &routed.answers, epoch: routed.epoch })
+            }
+            Verb::Claim => {
                 HttpResponse::Ok().json(ClaimResponse { existed: &routed.answers, epoch: routed.epoch })
             }
         },

@@ -1,6 +1,6 @@
 use actix::{Message, MessageResponse};
 
-use crate::gather::{BatchSlot, RangeUnavailable};
+use crate::gather::{RangeUnavailable, Share};
 use crate::segment::SegmentKind;
 use crate::table::{Expiry, RangeTable, TableKey};
 use crate::wal::Wal;
@@ -19,7 +19,7 @@ pub enum RangeOp {
 /// The keys of one request that fall in one range, in request order: a
 /// slice of the request's [`Gather`], which also takes the answer.
 ///
-/// No reply message: the range actor answers through its [`BatchSlot`],
+/// No reply message: the range actor answers through its [`Share`],
 /// and the last range of a request wakes the one task waiting for it. A
 /// batch dropped unanswered (its actor is gone) fails the request.
 #[derive(Debug, Message)]
@@ -28,7 +28,7 @@ pub struct RangeBatch {
     pub op: RangeOp,
     /// Seconds since the epoch, taken once per request.
     pub now: u32,
-    pub slot: BatchSlot,
+    pub share: Share,
 }
 
 /// Hands a restored table to its range actor, which then serves it.
