@@ -41,15 +41,24 @@ static POOL: LazyLock<mpsc::Sender<Task>> = LazyLock::new(|| {
     tx
 });
 
+/// Why a task gave no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BackgroundError {
+    #[error("the background threads are gone")]
+    Gone,
+    #[error("a background task panicked")]
+    Panicked,
+}
+
 /// Runs `f` on a low-priority thread and waits for its result.
-pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, BackgroundError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Task = Box::new(move || {
+    let task: Task = Box::new(move || {
         // The waiter may be gone (the node is stopping): nothing to do.
         let _ = tx.send(f());
     });
-    POOL.send(job).map_err(|_| "the background threads are gone".to_string())?;
-    rx.await.map_err(|_| "a background job panicked".to_string())
+    POOL.send(task).map_err(|_| BackgroundError::Gone)?;
+    rx.await.map_err(|_| BackgroundError::Panicked)
 }
 
 #[cfg(target_os = "linux")]

@@ -48,29 +48,42 @@ pub struct StoredView {
     pub cluster_id: String,
 }
 
+/// Why a `cluster.json` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ViewError {
+    #[error("not a view: {0}")]
+    Json(String),
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+const _: () =
+    assert!(crate::settings::MAX_TOTAL_HASH_RANGES == 65_536, "ViewError's message names the bound");
+
 impl StoredView {
     /// Decodes and checks a `cluster.json`: a damaged or hand-edited file is
     /// refused with the reason instead of being acted on.
-    pub fn decode(bytes: &[u8]) -> Result<StoredView, String> {
-        let view: StoredView = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    pub fn decode(bytes: &[u8]) -> Result<StoredView, ViewError> {
+        let view: StoredView = serde_json::from_slice(bytes).map_err(|e| ViewError::Json(e.to_string()))?;
         let fits = |list: &[String]| {
             crate::settings::valid_address_list(list) && list.len() <= view.total_hash_ranges as usize
         };
         if view.epoch == 0 {
-            return Err("epoch must be at least 1".into());
+            return Err(ViewError::Invalid("epoch must be at least 1"));
         }
-        let max = crate::settings::MAX_TOTAL_HASH_RANGES;
-        if !(1..=max).contains(&view.total_hash_ranges) {
-            return Err(format!("total_hash_ranges must be 1..={max}"));
+        if !(1..=crate::settings::MAX_TOTAL_HASH_RANGES).contains(&view.total_hash_ranges) {
+            return Err(ViewError::Invalid("total_hash_ranges must be 1..=65536"));
         }
         if !fits(&view.addresses) {
-            return Err("addresses must be 1..=total_hash_ranges distinct host:port".into());
+            return Err(ViewError::Invalid("addresses must be 1..=total_hash_ranges distinct host:port"));
         }
         match (&view.previous_addresses, view.state) {
             (Some(prev), ClusterState::Scaling) if !fits(prev) => {
-                Err("previous_addresses must be 1..=total_hash_ranges distinct host:port".into())
+                Err(ViewError::Invalid("previous_addresses must be 1..=total_hash_ranges distinct host:port"))
             }
-            (Some(_), ClusterState::Stable) => Err("previous_addresses is set on a stable view".into()),
+            (Some(_), ClusterState::Stable) => {
+                Err(ViewError::Invalid("previous_addresses is set on a stable view"))
+            }
             _ => Ok(view),
         }
     }

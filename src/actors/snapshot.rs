@@ -416,7 +416,7 @@ async fn write_segment(
             // owner: encode it at normal priority.
             tokio::task::spawn_blocking(move || segment.encode()).await.map_err(|e| e.to_string())
         } else {
-            crate::background::run(move || segment.encode()).await
+            crate::background::run(move || segment.encode()).await.map_err(|e| e.to_string())
         }
         .map_err(|e| SnapshotError::Internal(format!("encoding task failed: {e}")))?;
         let size = bytes.len() as u64;
@@ -471,7 +471,7 @@ async fn checkpoint_range(
     let dir = data_dir.to_path_buf();
     crate::background::run(move || restore::write_checkpoint(&dir, &segment))
         .await
-        .map_err(SnapshotError::Internal)?
+        .map_err(|e| SnapshotError::Internal(e.to_string()))?
         .map_err(|e| SnapshotError::Internal(e.to_string()))
 }
 
