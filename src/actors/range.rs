@@ -240,3 +240,82 @@ fn test_panic_key() -> Option<TableKey> {
         Some(TableKey::from(crate::fingerprint::Fingerprint::of(key.as_bytes())))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gather::{Gather, GatherError, Gathered};
+    use actix::Addr;
+
+    const NOW: u32 = 1_800_000_000;
+
+    fn key(n: u64) -> TableKey {
+        TableKey { lo: n.wrapping_mul(0x9E37_79B9_7F4A_7C15), hi: n as u32 }
+    }
+
+    /// Sends one batch of `keys` to `addr` and waits for its answer.
+    async fn batch(addr: &Addr<RangeActor>, op: RangeOp, keys: &[TableKey]) -> Result<Gathered, GatherError> {
+        let answered = op != RangeOp::Put { expiry: NOW + 60 };
+        let positions = (0..keys.len() as u32).collect();
+        let (gather, done) = Gather::new(keys.to_vec(), positions, 1, answered);
+        addr.send(RangeBatch { op, now: NOW, share: gather.share(3, 0, keys.len()) }).await.ok();
+        drop(gather);
+        done.await.expect("the gather always finishes")
+    }
+
+    #[actix::test]
+    async fn a_range_refuses_until_restored_then_claims_each_key_once_and_logs_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let counts = KeyCounts::new(8);
+        let addr = RangeActor::new(3, counts.clone()).start();
+        let keys: Vec<TableKey> = (0..100).map(key).collect();
+        let put = RangeOp::Put { expiry: NOW + 60 };
+        let claim = RangeOp::Claim { expiry: NOW + 60 };
+
+        let refused = batch(&addr, put, &keys).await;
+        assert!(
+            matches!(refused, Err(GatherError::Unavailable(crate::gather::RangeUnavailable(3)))),
+            "{refused:?}"
+        );
+
+        let (wal, writer) = Wal::open(dir.path(), 1).unwrap();
+        addr.send(Restore { table: RangeTable::default(), wal: wal.clone(), force_full: false })
+            .await
+            .unwrap();
+        let stored = batch(&addr, put, &keys[..50]).await.unwrap();
+        assert!(stored.answers.is_empty());
+        assert!(stored.wal_seq >= 1, "a write is acknowledged at its WAL record");
+        assert_eq!(counts.sum([3]), 50);
+
+        // Claims: the stored half existed, the other half is new, once.
+        let first = batch(&addr, claim, &keys).await.unwrap();
+        assert_eq!(first.answers, (0..100).map(|i| i < 50).collect::<Vec<_>>());
+        let again = batch(&addr, claim, &keys).await.unwrap();
+        assert!(again.answers.iter().all(|&existed| existed), "no key is claimed new twice");
+        assert_eq!(again.wal_seq, first.wal_seq, "an answer depends on the writes it saw");
+        let got = batch(&addr, RangeOp::Get, &[keys[7], key(1000)]).await.unwrap();
+        assert_eq!(got.answers, vec![true, false]);
+        assert_eq!(counts.sum([3]), 100);
+
+        // Every acknowledged write is in the WAL once it is durable.
+        wal.wait_durable(again.wal_seq).await.unwrap();
+        wal.stop();
+        writer.join().unwrap();
+        let mut logged = std::collections::HashSet::new();
+        crate::wal::replay(dir.path(), |r| logged.extend(r.entries.iter().map(|&(k, _)| k))).unwrap();
+        assert_eq!(logged, keys.iter().copied().collect());
+
+        // An incremental snapshot takes what changed since the last one.
+        let snap = addr.send(TakeSnapshot { full: false, now: NOW }).await.unwrap().unwrap();
+        assert_eq!((snap.kind, snap.entries.len()), (SegmentKind::Incremental, 100));
+        let snap = addr.send(TakeSnapshot { full: false, now: NOW }).await.unwrap().unwrap();
+        assert!(snap.entries.is_empty());
+        let snap = addr.send(TakeSnapshot { full: true, now: NOW }).await.unwrap().unwrap();
+        assert_eq!((snap.kind, snap.entries.len()), (SegmentKind::Full, 100));
+
+        // Retired: its count goes, and a batch sent after fails the request.
+        addr.send(Retire).await.unwrap();
+        assert_eq!(counts.sum([3]), 0);
+        assert!(matches!(batch(&addr, RangeOp::Get, &keys).await, Err(GatherError::Dropped(3))));
+    }
+}
