@@ -492,3 +492,67 @@ async fn checkpoint(job: SnapshotDeps, data_dir: PathBuf, wal: Wal) -> Result<us
         .map_err(|e| e.to_string())?;
     Ok(all.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{AllRestored, MergeEntries, Restore};
+    use crate::table::{RangeTable, TableKey};
+
+    fn entries(range: u64, n: u64, expiry: u32) -> Vec<(TableKey, u32)> {
+        (0..n).map(|i| (TableKey { lo: (range << 40) | i, hi: 7 }, expiry)).collect()
+    }
+
+    async fn chain(store: &ObjectStore, range: u32) -> (RangeTable, restore::Chain) {
+        let mut table = RangeTable::default();
+        let chain = restore::load_chain(store, range, 4, &mut table, crate::clock::now_secs()).await.unwrap();
+        (table, chain)
+    }
+
+    #[actix::test]
+    async fn snapshots_write_what_changed_and_the_chain_gives_it_back() {
+        let (dir, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let env = [("KEYDB_TOTAL_HASH_RANGES", "4"), ("KEYDB_SNAPSHOT_INTERVAL", "0s")];
+        let settings =
+            Settings::from_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap();
+        let store = ObjectStore::Fs(crate::store::FsStore::new(dir.path().to_path_buf()));
+        let (wal, _writer) = Wal::open(data.path(), 1).unwrap();
+        let expiry = crate::clock::now_secs() + 3600;
+        let ranges = SharedRanges::default();
+        for range in [0u32, 2] {
+            let addr = RangeActor::new(range, crate::actors::KeyCounts::new(4)).start();
+            let mut table = RangeTable::default();
+            restore::merge_all(&mut table, &entries(range.into(), 1000, expiry), 0);
+            addr.send(Restore { table, wal: wal.clone(), force_full: false }).await.unwrap();
+            let mut sets = read(&ranges);
+            sets.serving.push((range, addr.clone()));
+            sets.all.push((range, addr));
+        }
+        let last = Arc::new(AtomicU64::new(0));
+        let actor = SnapshotActor::new(&settings, store.clone(), ranges.clone(), last.clone()).start();
+
+        let early = actor.send(CreateSnapshots { full: false }).await.unwrap();
+        assert!(matches!(early, Err(SnapshotError::NotReady(0))), "before the WAL is known: {early:?}");
+        actor.send(AllRestored { wal }).await.unwrap();
+
+        let first = actor.send(CreateSnapshots { full: false }).await.unwrap().unwrap();
+        assert_eq!((first.ranges, first.segments, first.entries), (2, 2, 2000));
+        assert!(last.load(Ordering::Relaxed) > 0, "the last snapshot's time is published");
+        let nothing = actor.send(CreateSnapshots { full: false }).await.unwrap().unwrap();
+        assert_eq!((nothing.segments, nothing.entries), (0, 0), "nothing changed");
+
+        // A change to range 2 alone: one incremental segment on top.
+        let range2 = read(&ranges).serving[1].1.clone();
+        let more = entries(2, 1500, expiry)[1000..].to_vec();
+        range2.send(MergeEntries { entries: more, now: 0 }).await.unwrap().unwrap();
+        let second = actor.send(CreateSnapshots { full: false }).await.unwrap().unwrap();
+        assert_eq!((second.segments, second.entries), (1, 500));
+
+        let (t0, c0) = chain(&store, 0).await;
+        let (t2, c2) = chain(&store, 2).await;
+        assert_eq!((c0.entries, c2.entries), (1000, 1500));
+        assert_eq!(t0.iter().collect::<Vec<_>>(), entries(0, 1000, expiry));
+        assert_eq!(t2.iter().collect::<Vec<_>>(), entries(2, 1500, expiry));
+        assert_eq!(chain(&store, 1).await.1, restore::Chain::default(), "a range not held has no chain");
+    }
+}
