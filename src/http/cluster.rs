@@ -8,7 +8,7 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use super::{ApiError, AppState, State};
+use super::{ApiError, AppState, Conflict, State};
 use crate::layout::{self, VIEW_KEY};
 use crate::messages::{AdoptView, GetStoredView};
 use crate::protocol;
@@ -57,7 +57,7 @@ async fn current_view(state: &AppState) -> Result<(StoredView, Option<String>), 
         current = stored.clone();
     } else if stored.cluster_id != current.cluster_id {
         return Err(ApiError::Conflict {
-            code: "stale_view",
+            kind: Conflict::StaleView,
             message: format!(
                 "{VIEW_KEY} names cluster {:?}, this node belongs to {:?}",
                 stored.cluster_id, current.cluster_id
@@ -71,7 +71,7 @@ async fn current_view(state: &AppState) -> Result<(StoredView, Option<String>), 
 /// The answer when `cluster.json` changed under a view change.
 fn raced() -> ApiError {
     ApiError::Conflict {
-        code: "stale_view",
+        kind: Conflict::StaleView,
         message: format!(
             "{VIEW_KEY} was changed by another node at the same time: read /info and decide again"
         ),
@@ -108,7 +108,7 @@ pub async fn scale(
     }
     if let Some(expected) = expected_epoch.filter(|&e| e != current.epoch) {
         return Err(ApiError::Conflict {
-            code: "stale_view",
+            kind: Conflict::StaleView,
             message: format!(
                 "the cluster is at epoch {} with {:?}, not at epoch {expected}: read /info and decide again",
                 current.epoch, current.addresses
@@ -117,7 +117,7 @@ pub async fn scale(
     }
     if current.state == ClusterState::Scaling {
         return Err(ApiError::Conflict {
-            code: "scale_in_progress",
+            kind: Conflict::ScaleInProgress,
             message: format!("epoch {} is still scaling: finish it with scaleComplete first", current.epoch),
         });
     }
@@ -161,7 +161,7 @@ pub async fn scale_complete(state: State) -> Result<HttpResponse, ApiError> {
     if let Err(moving) = protocol::may_complete(current.epoch, marks) {
         let shown: Vec<String> = moving.iter().take(16).map(|(r, why)| format!("{r} ({why})")).collect();
         return Err(ApiError::Conflict {
-            code: "scale_in_progress",
+            kind: Conflict::ScaleInProgress,
             message: format!(
                 "epoch {}: {} of {} moved ranges are still moving: {}{}",
                 current.epoch,

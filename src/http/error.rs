@@ -37,9 +37,9 @@ pub enum ApiError {
     UnsupportedContentEncoding(String),
     #[error("no route {0}")]
     NotFound(String),
-    /// The request conflicts with the cluster's state (e.g. a scale in progress).
+    /// The request conflicts with the cluster's state.
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict { kind: Conflict, message: String },
     /// Some keys of the request may have been stored, or not: a claim must
     /// not be retried blindly.
     #[error("{0}")]
@@ -61,11 +61,72 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::UnsupportedContentEncoding(_) => "unsupported_content_encoding",
             ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict { code, .. } => code,
+            ApiError::Conflict { kind: Conflict::StaleView, .. } => "stale_view",
+            ApiError::Conflict { kind: Conflict::ScaleInProgress, .. } => "scale_in_progress",
             ApiError::OutcomeUnknown(_) => "outcome_unknown",
             ApiError::Internal(_) => "internal",
         }
     }
+}
+
+/// What a `/scale` or `/scaleComplete` conflicts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// The caller's epoch is not the cluster's, or another node wrote the view first.
+    StaleView,
+    /// The cluster is still scaling to another list.
+    ScaleInProgress,
+}
+
+/// Every (status, code) a route can answer with: one error of each kind.
+pub fn error_codes() -> Vec<(u16, &'static str)> {
+    let view = ViewWire {
+        epoch: 1,
+        addresses: Vec::new(),
+        total_hash_ranges: 1,
+        state: crate::view::ClusterState::Stable,
+    };
+    let s = String::new;
+    let all = [
+        ApiError::BadRequest(s()),
+        ApiError::PayloadTooLarge { limit: 0 },
+        ApiError::UnsupportedMediaType(s()),
+        ApiError::WrongNode { message: s(), view: view.clone() },
+        ApiError::Unavailable { message: s(), view, retry_after_secs: 1 },
+        ApiError::Starting(s()),
+        ApiError::Unauthorized,
+        ApiError::Forbidden(s()),
+        ApiError::MethodNotAllowed("GET"),
+        ApiError::UnsupportedContentEncoding(s()),
+        ApiError::NotFound(s()),
+        ApiError::Conflict { kind: Conflict::StaleView, message: s() },
+        ApiError::Conflict { kind: Conflict::ScaleInProgress, message: s() },
+        ApiError::OutcomeUnknown(s()),
+        ApiError::Internal(s()),
+    ];
+    for e in &all {
+        // No wildcard: a new variant must be added to the list above.
+        match e {
+            ApiError::BadRequest(_)
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::UnsupportedMediaType(_)
+            | ApiError::WrongNode { .. }
+            | ApiError::Unavailable { .. }
+            | ApiError::Starting(_)
+            | ApiError::Unauthorized
+            | ApiError::Forbidden(_)
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::UnsupportedContentEncoding(_)
+            | ApiError::NotFound(_)
+            | ApiError::Conflict { kind: Conflict::StaleView | Conflict::ScaleInProgress, .. }
+            | ApiError::OutcomeUnknown(_)
+            | ApiError::Internal(_) => {}
+        }
+    }
+    let mut codes: Vec<_> = all.iter().map(|e| (e.status_code().as_u16(), e.code())).collect();
+    codes.sort();
+    codes.dedup();
+    codes
 }
 
 impl From<RouteError> for ApiError {

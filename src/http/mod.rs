@@ -14,7 +14,7 @@ use actix_web::{web, HttpResponse};
 use crate::actors::{RouterActor, SnapshotActor};
 
 pub use data::EPOCH_HEADER;
-pub use error::ApiError;
+pub use error::{error_codes, ApiError, Conflict};
 
 /// What every handler shares; built once the view is read.
 #[derive(Clone)]

@@ -1,0 +1,92 @@
+//! docs/API.md and the node agree: every route it names is served, every
+//! route the node serves is named there, and every error status and code it
+//! lists is one the node answers with (and the reverse, in
+//! `http::error`'s unit tests). Its settings table is checked in `settings`.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{request, Node};
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// Every "`METHOD /path`" in the text.
+fn documented_routes(doc: &str) -> BTreeSet<(String, String)> {
+    let mut routes = BTreeSet::new();
+    for piece in doc.split('`').skip(1).step_by(2) {
+        let mut words = piece.split(' ');
+        if let (Some(method), Some(path), None) = (words.next(), words.next(), words.next()) {
+            if ["GET", "POST", "HEAD", "OPTIONS"].contains(&method) && path.starts_with('/') {
+                routes.insert((method.to_string(), path.to_string()));
+            }
+        }
+    }
+    routes
+}
+
+/// Every `web::resource("/path")` the HTTP module declares.
+fn served_paths(source: &str) -> BTreeSet<String> {
+    source
+        .split("web::resource(\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_documented_route_is_served_and_every_served_path_documented() {
+    let doc = read("docs/API.md");
+    let routes = documented_routes(&doc);
+    let paths: BTreeSet<String> = routes.iter().map(|(_, p)| p.clone()).collect();
+    for must in
+        ["/put", "/get", "/claim", "/info", "/scale", "/scaleComplete", "/healthz", "/readyz", "/metrics"]
+    {
+        assert!(paths.contains(must), "API.md does not name {must}: the parse is wrong");
+    }
+    let served = served_paths(&read("src/http/mod.rs"));
+    assert!(served.len() >= 10, "found only {served:?} in src/http/mod.rs");
+    let undocumented: Vec<_> = served.difference(&paths).collect();
+    assert!(undocumented.is_empty(), "served but not in API.md: {undocumented:?}");
+
+    let mut node = Node::start();
+    node.wait_ready();
+    for (method, path) in &routes {
+        // An empty body: a data or admin route refuses it, which still shows
+        // the route exists; what must not come is 404 or 405.
+        let r = request(&node.addr, method, path, &[("Content-Type", "application/json")], b"");
+        assert!(
+            ![404, 405].contains(&r.status),
+            "API.md names `{method} {path}`, the node answers {}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let r = request(&node.addr, "GET", "/no-such-route", &[], b"");
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (404, Some("not_found")));
+}
+
+/// The (status, code) pairs of API.md's error tables.
+fn documented_errors(doc: &str) -> BTreeSet<(u16, String)> {
+    let mut errors = BTreeSet::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let Some(status) = cells.get(1).and_then(|s| s.parse::<u16>().ok()) else { continue };
+        for code in cells[2].split(',') {
+            errors.insert((status, code.trim().trim_matches('`').to_string()));
+        }
+    }
+    errors
+}
+
+#[test]
+fn every_documented_error_is_one_the_node_answers_with() {
+    let doc = documented_errors(&read("docs/API.md"));
+    let node =
+        keydb::http::error_codes().into_iter().map(|(s, c)| (s, c.to_string())).collect::<BTreeSet<_>>();
+    assert!(doc.len() >= 10, "parsed only {doc:?}");
+    assert_eq!(doc, node, "API.md's error tables and the node's errors differ");
+}
