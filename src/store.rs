@@ -523,27 +523,26 @@ impl S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let response = self.client.get_object().bucket(&self.bucket).key(self.key(key)).send().await;
-        let output = match response {
-            Ok(o) => o,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(StoreError::s3("get", key, &e)),
-        };
-        let body = output.body.collect().await.map_err(|e| StoreError::new("get", key, e))?;
-        Ok(Some(body.into_bytes().to_vec()))
+        Ok(self.fetch(key).await?.map(|(data, _)| data))
     }
 
     async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let Some((data, e_tag)) = self.fetch(key).await? else { return Ok(None) };
+        let version = e_tag.ok_or_else(|| StoreError::new("get", key, "no ETag in the answer"))?;
+        Ok(Some(Versioned { data, version }))
+    }
+
+    /// An object's bytes and ETag; `None` if there is no such key.
+    async fn fetch(&self, key: &str) -> Result<Option<(Vec<u8>, Option<String>)>, StoreError> {
         let response = self.client.get_object().bucket(&self.bucket).key(self.key(key)).send().await;
         let output = match response {
             Ok(o) => o,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(StoreError::s3("get", key, &e)),
         };
-        let version =
-            output.e_tag.clone().ok_or_else(|| StoreError::new("get", key, "no ETag in the answer"))?;
+        let e_tag = output.e_tag.clone();
         let body = output.body.collect().await.map_err(|e| StoreError::new("get", key, e))?;
-        Ok(Some(Versioned { data: body.into_bytes().to_vec(), version }))
+        Ok(Some((body.into_bytes().to_vec(), e_tag)))
     }
 
     async fn put_if(
