@@ -90,3 +90,31 @@ fn every_documented_error_is_one_the_node_answers_with() {
     assert!(doc.len() >= 10, "parsed only {doc:?}");
     assert_eq!(doc, node, "API.md's error tables and the node's errors differ");
 }
+
+/// The JSON example under `### `GET /info``.
+fn documented_info(doc: &str) -> serde_json::Value {
+    let section = doc.split("### `GET /info`").nth(1).expect("API.md has a GET /info section");
+    let json = section.split("```json").nth(1).and_then(|s| s.split("```").next()).expect("an example");
+    serde_json::from_str(json).expect("the example is JSON")
+}
+
+#[test]
+fn info_has_exactly_the_documented_fields_with_their_types() {
+    let doc = documented_info(&read("docs/API.md"));
+    let mut node = Node::start();
+    node.wait_ready();
+    let (status, info) = node.get_json("/info");
+    assert_eq!(status, 200, "{info}");
+    let kind = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    };
+    let fields = |v: &serde_json::Value| {
+        v.as_object().unwrap().iter().map(|(k, v)| (k.clone(), kind(v))).collect::<BTreeSet<_>>()
+    };
+    assert_eq!(fields(&doc), fields(&info), "API.md's /info example and a node's /info differ");
+}
