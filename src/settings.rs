@@ -435,86 +435,15 @@ impl Settings {
             p.parse("keep_alive", "a duration of at most 1h, such as 75s (0s: no keep-alive)", |s| {
                 humantime::parse_duration(s).ok().filter(|d| *d <= Duration::from_secs(3600))
             });
-        let tls_cert = p.optional("tls_cert_file", "a path", non_empty).map(PathBuf::from);
-        let tls_key = p.optional("tls_key_file", "a path", non_empty).map(PathBuf::from);
-        let tls_client_ca = p.optional("tls_client_ca_file", "a path", non_empty).map(PathBuf::from);
-        let tls = match (tls_cert, tls_key, tls_client_ca) {
-            (Some(cert), Some(key), client_ca) => Some(crate::tls::ServerFiles { cert, key, client_ca }),
-            (None, None, None) => None,
-            (Some(_), None, _) => {
-                p.problem("tls_key_file", "", "the key of KEYDB_TLS_CERT_FILE's certificate");
-                None
-            }
-            (None, Some(_), _) => {
-                p.problem("tls_cert_file", "", "the certificate of KEYDB_TLS_KEY_FILE's key");
-                None
-            }
-            (None, None, Some(_)) => {
-                p.problem("tls_cert_file", "", "a certificate and key (KEYDB_TLS_KEY_FILE) for mutual TLS");
-                None
-            }
-        };
+        let tls = tls_files(&mut p);
 
         // Unset: this node alone, at the port it listens on.
         let node_addresses = node_addresses.or_else(|| port.map(|port| vec![format!("localhost:{port}")]));
 
         // Checks across settings, only once each part parsed.
-        match (&auth_tokens_file, insecure_no_auth, bind) {
-            (Some(path), Some(true), _) => p.problem(
-                "insecure_no_auth",
-                true,
-                &format!("false when KEYDB_AUTH_TOKENS_FILE is set ({})", path.display()),
-            ),
-            (None, Some(false), Some(ip)) if !ip.is_loopback() => p.problem(
-                "bind",
-                ip,
-                "a loopback address such as 127.0.0.1 when no KEYDB_AUTH_TOKENS_FILE is set: anyone who \
-                 reaches the port could read, fill and reshape the cluster. Make a token with \
-                 `keydb-admin token --name NAME --scope admin` and name its file in KEYDB_AUTH_TOKENS_FILE, \
-                 or set KEYDB_INSECURE_NO_AUTH=true to serve without authentication",
-            ),
-            _ => {}
-        }
+        check_auth(&mut p, &auth_tokens_file, insecure_no_auth, bind);
         if let (Some(id), Some(addresses)) = (node_id, &node_addresses) {
-            if id as usize >= addresses.len() {
-                p.problem("node_id", id, &format!("an index into the {} node addresses", addresses.len()));
-            }
-            // This node's own address on this host with another port: clients
-            // would send its keys to whatever listens there.
-            if let (Some(own), Some(port)) = (addresses.get(id as usize), port) {
-                if let Some((host, own_port)) = own.rsplit_once(':') {
-                    let local = matches!(host, "localhost" | "[::1]" | "::1")
-                        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
-                    if local && own_port.parse::<u16>().is_ok_and(|p| p != port) {
-                        p.problem(
-                            "node_addresses",
-                            addresses.join(","),
-                            &format!(
-                                "node {id}'s own address with the port it listens on (KEYDB_PORT={port}), not {own}: \
-                                 clients would send its keys to whatever listens there"
-                            ),
-                        );
-                    }
-                }
-            }
-            if let Some(n) = cluster_size {
-                if n as usize != addresses.len() {
-                    p.problem(
-                        "cluster_size",
-                        n,
-                        &format!("the length of the address list ({})", addresses.len()),
-                    );
-                }
-            }
-            if let Some(r) = total_hash_ranges {
-                if addresses.len() > r as usize {
-                    p.problem(
-                        "total_hash_ranges",
-                        r,
-                        &format!("at least the number of nodes ({})", addresses.len()),
-                    );
-                }
-            }
+            check_addresses(&mut p, id, addresses, port, cluster_size, total_hash_ranges);
         }
         let backend = match (backend, &bucket) {
             (Some(b), _) => b,
@@ -569,6 +498,98 @@ impl Settings {
             tls,
             keep_alive: keep_alive.unwrap(),
         })
+    }
+}
+
+/// The TLS files: a certificate and its key, or neither.
+fn tls_files(p: &mut Parser) -> Option<crate::tls::ServerFiles> {
+    let tls_cert = p.optional("tls_cert_file", "a path", non_empty).map(PathBuf::from);
+    let tls_key = p.optional("tls_key_file", "a path", non_empty).map(PathBuf::from);
+    let tls_client_ca = p.optional("tls_client_ca_file", "a path", non_empty).map(PathBuf::from);
+    match (tls_cert, tls_key, tls_client_ca) {
+        (Some(cert), Some(key), client_ca) => Some(crate::tls::ServerFiles { cert, key, client_ca }),
+        (None, None, None) => None,
+        (Some(_), None, _) => {
+            p.problem("tls_key_file", "", "the key of KEYDB_TLS_CERT_FILE's certificate");
+            None
+        }
+        (None, Some(_), _) => {
+            p.problem("tls_cert_file", "", "the certificate of KEYDB_TLS_KEY_FILE's key");
+            None
+        }
+        (None, None, Some(_)) => {
+            p.problem("tls_cert_file", "", "a certificate and key (KEYDB_TLS_KEY_FILE) for mutual TLS");
+            None
+        }
+    }
+}
+
+/// A token file and `insecure_no_auth` exclude each other, and a public
+/// bind needs one of them.
+fn check_auth(
+    p: &mut Parser,
+    auth_tokens_file: &Option<PathBuf>,
+    insecure_no_auth: Option<bool>,
+    bind: Option<IpAddr>,
+) {
+    match (auth_tokens_file, insecure_no_auth, bind) {
+        (Some(path), Some(true), _) => p.problem(
+            "insecure_no_auth",
+            true,
+            &format!("false when KEYDB_AUTH_TOKENS_FILE is set ({})", path.display()),
+        ),
+        (None, Some(false), Some(ip)) if !ip.is_loopback() => p.problem(
+            "bind",
+            ip,
+            "a loopback address such as 127.0.0.1 when no KEYDB_AUTH_TOKENS_FILE is set: anyone who \
+             reaches the port could read, fill and reshape the cluster. Make a token with \
+             `keydb-admin token --name NAME --scope admin` and name its file in KEYDB_AUTH_TOKENS_FILE, \
+             or set KEYDB_INSECURE_NO_AUTH=true to serve without authentication",
+        ),
+        _ => {}
+    }
+}
+
+/// This node's place in the address list, and the list against the
+/// cluster's size and ranges.
+fn check_addresses(
+    p: &mut Parser,
+    id: u32,
+    addresses: &[String],
+    port: Option<u16>,
+    cluster_size: Option<u32>,
+    total_hash_ranges: Option<u32>,
+) {
+    if id as usize >= addresses.len() {
+        p.problem("node_id", id, &format!("an index into the {} node addresses", addresses.len()));
+    }
+    // This node's own address on this host with another port: clients
+    // would send its keys to whatever listens there.
+    if let (Some(own), Some(port)) = (addresses.get(id as usize), port) {
+        if let Some((host, own_port)) = own.rsplit_once(':') {
+            let local = matches!(host, "localhost" | "[::1]" | "::1")
+                || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
+            if local && own_port.parse::<u16>().is_ok_and(|p| p != port) {
+                p.problem(
+                    "node_addresses",
+                    addresses.join(","),
+                    &format!(
+                        "node {id}'s own address with the port it listens on (KEYDB_PORT={port}), not {own}: \
+                         clients would send its keys to whatever listens there"
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(n) = cluster_size {
+        if n as usize != addresses.len() {
+            p.problem("cluster_size", n, &format!("the length of the address list ({})", addresses.len()));
+        }
+    }
+    if let Some(r) = total_hash_ranges {
+        if addresses.len() > r as usize {
+            p.problem("total_hash_ranges", r, &format!("at least the number of nodes ({})", addresses.len()));
+        }
     }
 }
 
