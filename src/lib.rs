@@ -27,6 +27,7 @@
 //! - [`memory`]: giving memory freed by shrunk tables back to the OS.
 //! - [`gather`]: the fan-in of one request's per-range batches into its answer.
 //! - [`messages`]: one struct per request between actors (data only).
+//! - [`backoff`]: the doubling delay between retries of a failing step.
 //! - [`actors`]: `RangeActor` (one per range) and `RouterActor`.
 //! - [`http`]: the actix-web API and its error mapping.
 //! - [`testing`]: guarantees broken on purpose by tests (debug builds only).
@@ -35,6 +36,7 @@
 pub mod actors;
 pub mod assignment;
 pub mod auth;
+pub mod backoff;
 pub mod background;
 pub mod bench;
 pub mod client;
