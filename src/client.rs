@@ -50,6 +50,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::assignment;
+use crate::backoff::Backoff;
 use crate::fingerprint::{checked_fingerprint, Fingerprint};
 use crate::store::error_chain;
 use crate::view::ViewWire;
@@ -507,7 +508,7 @@ impl Client {
         let config = &self.inner.config;
         let mut answers = vec![false; if op == Verb::Put { 0 } else { fps.len() }];
         let mut pending: Vec<usize> = (0..fps.len()).collect();
-        let mut delay = config.retry_delay;
+        let mut backoff = Backoff::new(config.retry_delay, config.max_retry_delay);
         let mut attempt = 0;
         let deadline = tokio::time::Instant::now() + config.deadline;
         while !pending.is_empty() {
@@ -596,11 +597,7 @@ impl Client {
                 break;
             }
             attempt += 1;
-            let pause = if wait {
-                delay.max(asked.unwrap_or_default()).min(config.max_retry_delay)
-            } else {
-                Duration::ZERO
-            };
+            let pause = if wait { backoff.next_delay_honouring(asked) } else { Duration::ZERO };
             if attempt > config.retry_count || tokio::time::Instant::now() + pause > deadline {
                 // unwrap_or: `last` is set whenever a position is retried.
                 let (node, address, reason) = last.unwrap_or((0, String::new(), "unknown".into()));
@@ -609,7 +606,6 @@ impl Client {
             self.inner.metrics.retries.get_or_create(&OpLabel { op: op.name() }).inc();
             if wait {
                 tokio::time::sleep(pause).await;
-                delay = delay.saturating_mul(2).min(config.max_retry_delay);
             }
             pending = retry;
         }

@@ -36,8 +36,8 @@
 pub mod actors;
 pub mod assignment;
 pub mod auth;
-pub mod backoff;
 pub mod background;
+pub mod backoff;
 pub mod bench;
 pub mod client;
 pub mod clock;

@@ -17,6 +17,7 @@ use futures_util::stream::{self, StreamExt};
 
 use crate::actors::{KeyCounts, RangeActor, RouterActor, RouterDeps, SharedRanges, SnapshotActor};
 use crate::auth;
+use crate::backoff::Backoff;
 use crate::clock;
 use crate::datadir::{self, Identity};
 use crate::http::auth::Gate;
@@ -34,8 +35,11 @@ use crate::wal::Wal;
 
 /// Ranges restored from the object store at once.
 const PARALLEL_RESTORES: usize = 8;
+/// Delays between attempts to restore local state or a range.
+const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// Waiting for the object store's view at start retries at least this often.
+const FIRST_VIEW_RETRY_DELAY: Duration = Duration::from_millis(250);
 const MAX_VIEW_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// A last snapshot at shutdown gives up after this long.
 const LAST_SNAPSHOT_DEADLINE: Duration = Duration::from_secs(20);
@@ -373,7 +377,7 @@ async fn resolve_view(
     identity: Option<&Identity>,
     life: &Lifecycle,
 ) -> Result<StoredView, StartError> {
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = Backoff::new(FIRST_VIEW_RETRY_DELAY, MAX_VIEW_RETRY_DELAY);
     let say = |why: String| life.starting(why);
     let wire = loop {
         match layout::read_view(store).await {
@@ -405,7 +409,7 @@ async fn resolve_view(
                      cluster's object store?)",
                     store.describe()
                 );
-                log::warn!("{why}; retrying in {delay:?}");
+                log::warn!("{why}; retrying in {:?}", backoff.peek());
                 say(why);
             }
             Ok(None) => {
@@ -421,16 +425,20 @@ async fn resolve_view(
                         );
                         break view;
                     }
-                    Err(e) => log::warn!("cannot write the bootstrap view (retrying in {delay:?}): {e}"),
+                    Err(e) => {
+                        log::warn!("cannot write the bootstrap view (retrying in {:?}): {e}", backoff.peek())
+                    }
                 }
             }
             Err(e) => {
-                log::warn!("cannot read the cluster view; serving nothing until it is read (retrying in {delay:?}): {e}");
+                log::warn!(
+                    "cannot read the cluster view; serving nothing until it is read (retrying in {:?}): {e}",
+                    backoff.peek()
+                );
                 say(format!("starting: cannot read the cluster view: {e}"));
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_VIEW_RETRY_DELAY);
+        tokio::time::sleep(backoff.next_delay()).await;
     };
     if wire.total_hash_ranges != settings.total_hash_ranges {
         return Err(StartError::Config(format!(
@@ -495,7 +503,9 @@ struct Restorer {
 async fn restore_ranges(r: Restorer) {
     let started = std::time::Instant::now();
     let owned: Vec<u32> = r.ranges.iter().map(|(range, _, _)| *range).collect();
-    let mut delay = Duration::from_secs(1);
+    // One schedule for both steps: a disk that failed the first is likely
+    // to fail the second.
+    let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
     let (local, complete) = loop {
         let dir = r.data_dir.clone();
         let total = r.total_hash_ranges;
@@ -517,19 +527,17 @@ async fn restore_ranges(r: Restorer) {
                     .unwrap_or_default();
                 break (local, complete);
             }
-            Ok(Err(e)) => log::error!("cannot read local state (retrying in {delay:?}): {e}"),
-            Err(e) => log::error!("local restore task failed (retrying in {delay:?}): {e}"),
+            Ok(Err(e)) => log::error!("cannot read local state (retrying in {:?}): {e}", backoff.peek()),
+            Err(e) => log::error!("local restore task failed (retrying in {:?}): {e}", backoff.peek()),
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        tokio::time::sleep(backoff.next_delay()).await;
     };
     let (wal, handle) = loop {
         match Wal::open(&restore::wal_dir(&r.data_dir), local.next_seq) {
             Ok(w) => break w,
-            Err(e) => log::error!("cannot open the WAL (retrying in {delay:?}): {e}"),
+            Err(e) => log::error!("cannot open the WAL (retrying in {:?}): {e}", backoff.peek()),
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        tokio::time::sleep(backoff.next_delay()).await;
     };
     *r.wal_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((wal.clone(), handle));
     log::info!("replayed {} WAL entries in {:?}", local.keys_replayed, started.elapsed());
@@ -603,7 +611,7 @@ async fn restore_from_store(
     mut table: RangeTable,
 ) -> (RangeTable, u64) {
     let had = table.len();
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
     loop {
         match restore::load_chain(store, range, total, &mut table, clock::now_secs()).await {
             Ok(chain) => {
@@ -614,9 +622,8 @@ async fn restore_from_store(
                 log::debug!("range {range}: {} entries from the object store", chain.entries);
                 return (table, chain.last_snapshot);
             }
-            Err(e) => log::error!("range {range} cannot be restored (retrying in {delay:?}): {e}"),
+            Err(e) => log::error!("range {range} cannot be restored (retrying in {:?}): {e}", backoff.peek()),
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }

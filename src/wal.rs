@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::backoff::Backoff;
 use crate::table::{Expiry, TableKey};
 
 /// A file is rotated once it passes this size.
@@ -238,7 +239,7 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl Writer {
     fn run(mut self) {
-        let mut delay = RETRY_FIRST;
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {
             let (mut batch, stop) = {
                 let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -268,14 +269,13 @@ impl Writer {
                     log::error!("{e}; writes are refused until the WAL can write again");
                 }
                 self.durable.send_modify(|d| d.failing = Some(e.to_string()));
-                if self.wait_or_stop(delay) {
+                if self.wait_or_stop(backoff.next_delay()) {
                     return;
                 }
-                delay = (delay * 2).min(RETRY_MAX);
             }
             if self.durable.borrow().failing.is_some() {
                 log::info!("the WAL writes again; writes are accepted");
-                delay = RETRY_FIRST;
+                backoff.reset();
             }
             self.durable.send_modify(|d| {
                 d.failing = None;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix::Addr;
 
 use crate::actors::{RangeActor, RouterActor};
+use crate::backoff::Backoff;
 use crate::clock;
 use crate::layout::{self, LoadMark};
 use crate::messages::{MergeEntries, RangeLoaded};
@@ -38,7 +39,8 @@ pub async fn load_range(job: LoadJob, addr: Addr<RangeActor>, router: Addr<Route
     let started = std::time::Instant::now();
     let range = job.range;
     let mut loaded: HashSet<String> = HashSet::new();
-    let mut backoff = POLL;
+    // Errors back off further than the polls, from twice the first poll.
+    let mut backoff = Backoff::new(POLL * 2, MAX_BACKOFF);
     let mut poll = POLL;
     loop {
         // Waiting for the handoff polls briskly at first (the wait bounds how
@@ -51,19 +53,19 @@ pub async fn load_range(job: LoadJob, addr: Addr<RangeActor>, router: Addr<Route
                 poll
             }
             Err(e) => {
-                log::warn!("loading range {range}: {e} (retrying in {backoff:?})");
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                backoff
+                let delay = backoff.next_delay();
+                log::warn!("loading range {range}: {e} (retrying in {delay:?})");
+                delay
             }
         };
         tokio::time::sleep(pause).await;
     }
     let mark = LoadMark { cluster_id: job.cluster_id.clone(), epoch: job.epoch, node_id: job.node_id };
-    let mut backoff = POLL;
+    let mut backoff = Backoff::new(POLL, MAX_BACKOFF);
     while let Err(e) = layout::write_load_mark(&job.store, range, &mark).await {
-        log::warn!("range {range}: cannot write its load mark (retrying in {backoff:?}): {e}");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        let delay = backoff.next_delay();
+        log::warn!("range {range}: cannot write its load mark (retrying in {delay:?}): {e}");
+        tokio::time::sleep(delay).await;
     }
     log::info!("range {range}: {} segments loaded in {:?}", loaded.len(), started.elapsed());
     let _ = router.send(RangeLoaded { range }).await;

@@ -17,6 +17,7 @@ use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, MessageR
 
 use crate::actors::snapshot::SharedRanges;
 use crate::actors::{loader, KeyCounts, RangeActor, SnapshotActor};
+use crate::backoff::Backoff;
 use crate::clock;
 use crate::gather::{Gather, GatherError};
 use crate::messages::{
@@ -32,6 +33,8 @@ use crate::wire::Info;
 
 /// Seconds a client is told to wait before retrying a restoring range.
 const RETRY_AFTER_SECS: u32 = 1;
+/// Delays between attempts of a failing handoff or checkpoint of a range.
+const FIRST_HANDOFF_RETRY: Duration = Duration::from_millis(200);
 const MAX_HANDOFF_RETRY: Duration = Duration::from_secs(30);
 
 /// Why a batch was refused or failed as a whole.
@@ -226,18 +229,20 @@ impl RouterActor {
         let Some(slot) = &self.slots[range as usize] else { return };
         let (snapshots, addr, router) = (self.deps.snapshots.clone(), slot.addr.clone(), ctx.address());
         actix::spawn(async move {
-            let mut delay = Duration::from_millis(200);
+            let mut backoff = Backoff::new(FIRST_HANDOFF_RETRY, MAX_HANDOFF_RETRY);
             loop {
                 match snapshots.send(CheckpointRange { range, addr: addr.clone() }).await {
                     Ok(Ok(())) => break,
                     Ok(Err(e)) => {
-                        log::warn!("checkpoint of range {range} failed (retrying in {delay:?}): {e}")
+                        log::warn!(
+                            "checkpoint of range {range} failed (retrying in {:?}): {e}",
+                            backoff.peek()
+                        )
                     }
                     // The node is stopping: the range is restored again at the next start.
                     Err(_) => return,
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_HANDOFF_RETRY);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             let _ = router.send(RangeOnDisk { range, addr }).await;
         });
@@ -297,16 +302,17 @@ impl RouterActor {
             self.stored.cluster_id.clone(),
         );
         actix::spawn(async move {
-            let mut delay = Duration::from_millis(200);
+            let mut backoff = Backoff::new(FIRST_HANDOFF_RETRY, MAX_HANDOFF_RETRY);
             loop {
                 let handoff = Handoff { range, addr: addr.clone(), epoch, cluster_id: cluster_id.clone() };
                 match snapshots.send(handoff).await {
                     Ok(Ok(())) => break,
-                    Ok(Err(e)) => log::warn!("handoff of range {range} failed (retrying in {delay:?}): {e}"),
+                    Ok(Err(e)) => {
+                        log::warn!("handoff of range {range} failed (retrying in {:?}): {e}", backoff.peek())
+                    }
                     Err(e) => log::warn!("handoff of range {range}: snapshot actor unreachable: {e}"),
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_HANDOFF_RETRY);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             let _ = router.send(HandedOff { range }).await;
         });

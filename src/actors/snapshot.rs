@@ -18,6 +18,7 @@ use actix::prelude::*;
 use futures_util::stream::{self, StreamExt};
 
 use crate::actors::RangeActor;
+use crate::backoff::Backoff;
 use crate::clock;
 use crate::layout::{self, manifest_key, segment_key};
 use crate::messages::{
@@ -107,7 +108,9 @@ pub struct SnapshotActor {
     /// Set once every range is restored.
     wal: Option<Wal>,
     next_due: Instant,
-    backoff: Duration,
+    /// After a failed periodic snapshot: the wait before the next attempt,
+    /// never longer than the interval itself.
+    backoff: Backoff,
 }
 
 impl SnapshotActor {
@@ -132,7 +135,7 @@ impl SnapshotActor {
             last_snapshot,
             wal: None,
             next_due: Instant::now() + settings.snapshot_interval,
-            backoff: TICK,
+            backoff: Backoff::new(TICK, MAX_BACKOFF.min(settings.snapshot_interval.max(TICK))),
         }
     }
 
@@ -162,7 +165,7 @@ impl SnapshotActor {
             Ok(report) => {
                 m.snapshot_bytes.inc_by(report.bytes);
                 self.last_snapshot.store(u64::from(clock::now_secs()), Ordering::Relaxed);
-                self.backoff = TICK;
+                self.backoff.reset();
                 self.next_due = Instant::now() + self.interval;
                 if report.segments > 0 {
                     log::info!(
@@ -175,9 +178,9 @@ impl SnapshotActor {
             }
             Err(e) => {
                 m.snapshot_failures.inc();
-                log::warn!("{what} snapshot failed, retrying in {:?}: {e}", self.backoff);
-                self.next_due = Instant::now() + self.backoff;
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF).min(self.interval.max(TICK));
+                let delay = self.backoff.next_delay();
+                log::warn!("{what} snapshot failed, retrying in {delay:?}: {e}");
+                self.next_due = Instant::now() + delay;
             }
         }
     }
