@@ -23,6 +23,9 @@ const MERGE_CHUNK: usize = 32_768;
 const POLL: Duration = Duration::from_millis(100);
 const MAX_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Every range gained in a scale loads at once, and a store outage fails
+/// them all together: jitter keeps their retries from arriving together.
+const JITTER: f64 = 0.5;
 
 /// Which range to load, for which epoch of which cluster.
 pub struct LoadJob {
@@ -40,7 +43,7 @@ pub async fn load_range(job: LoadJob, addr: Addr<RangeActor>, router: Addr<Route
     let range = job.range;
     let mut loaded: HashSet<String> = HashSet::new();
     // Errors back off further than the polls, from twice the first poll.
-    let mut backoff = Backoff::new(POLL * 2, MAX_BACKOFF);
+    let mut backoff = Backoff::new(POLL * 2, MAX_BACKOFF).with_jitter(JITTER);
     let mut poll = POLL;
     loop {
         // Waiting for the handoff polls briskly at first (the wait bounds how
@@ -61,7 +64,7 @@ pub async fn load_range(job: LoadJob, addr: Addr<RangeActor>, router: Addr<Route
         tokio::time::sleep(pause).await;
     }
     let mark = LoadMark { cluster_id: job.cluster_id.clone(), epoch: job.epoch, node_id: job.node_id };
-    let mut backoff = Backoff::new(POLL, MAX_BACKOFF);
+    let mut backoff = Backoff::new(POLL, MAX_BACKOFF).with_jitter(JITTER);
     while let Err(e) = layout::write_load_mark(&job.store, range, &mark).await {
         let delay = backoff.next_delay();
         log::warn!("range {range}: cannot write its load mark (retrying in {delay:?}): {e}");

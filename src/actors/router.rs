@@ -34,8 +34,11 @@ use crate::wire::Info;
 /// Seconds a client is told to wait before retrying a restoring range.
 const RETRY_AFTER_SECS: u32 = 1;
 /// Delays between attempts of a failing handoff or checkpoint of a range.
+/// Every range of a scale hands off at once and a store outage fails them
+/// together: jitter keeps their retries from arriving together.
 const FIRST_HANDOFF_RETRY: Duration = Duration::from_millis(200);
 const MAX_HANDOFF_RETRY: Duration = Duration::from_secs(30);
+const HANDOFF_JITTER: f64 = 0.5;
 
 /// Why a batch was refused or failed as a whole.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -229,20 +232,18 @@ impl RouterActor {
         let Some(slot) = &self.slots[range as usize] else { return };
         let (snapshots, addr, router) = (self.deps.snapshots.clone(), slot.addr.clone(), ctx.address());
         actix::spawn(async move {
-            let mut backoff = Backoff::new(FIRST_HANDOFF_RETRY, MAX_HANDOFF_RETRY);
+            let mut backoff =
+                Backoff::new(FIRST_HANDOFF_RETRY, MAX_HANDOFF_RETRY).with_jitter(HANDOFF_JITTER);
             loop {
-                match snapshots.send(CheckpointRange { range, addr: addr.clone() }).await {
+                let error = match snapshots.send(CheckpointRange { range, addr: addr.clone() }).await {
                     Ok(Ok(())) => break,
-                    Ok(Err(e)) => {
-                        log::warn!(
-                            "checkpoint of range {range} failed (retrying in {:?}): {e}",
-                            backoff.peek()
-                        )
-                    }
+                    Ok(Err(e)) => e,
                     // The node is stopping: the range is restored again at the next start.
                     Err(_) => return,
-                }
-                tokio::time::sleep(backoff.next_delay()).await;
+                };
+                let delay = backoff.next_delay();
+                log::warn!("checkpoint of range {range} failed (retrying in {delay:?}): {error}");
+                tokio::time::sleep(delay).await;
             }
             let _ = router.send(RangeOnDisk { range, addr }).await;
         });
@@ -302,17 +303,17 @@ impl RouterActor {
             self.stored.cluster_id.clone(),
         );
         actix::spawn(async move {
-            let mut backoff = Backoff::new(FIRST_HANDOFF_RETRY, MAX_HANDOFF_RETRY);
+            let mut backoff =
+                Backoff::new(FIRST_HANDOFF_RETRY, MAX_HANDOFF_RETRY).with_jitter(HANDOFF_JITTER);
             loop {
                 let handoff = Handoff { range, addr: addr.clone(), epoch, cluster_id: cluster_id.clone() };
+                let delay = backoff.next_delay();
                 match snapshots.send(handoff).await {
                     Ok(Ok(())) => break,
-                    Ok(Err(e)) => {
-                        log::warn!("handoff of range {range} failed (retrying in {:?}): {e}", backoff.peek())
-                    }
+                    Ok(Err(e)) => log::warn!("handoff of range {range} failed (retrying in {delay:?}): {e}"),
                     Err(e) => log::warn!("handoff of range {range}: snapshot actor unreachable: {e}"),
                 }
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::time::sleep(delay).await;
             }
             let _ = router.send(HandedOff { range }).await;
         });
