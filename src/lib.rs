@@ -10,8 +10,8 @@
 //! - [`protocol`]: what a node decides about each range it holds (serve, restore, load, drain, retire).
 //! - [`datadir`]: the data folder's lock and identity (cluster and node).
 //! - [`table`]: one range's keys and expiries, with the incremental sweep.
-//! - [`bench`]: the load generator behind `keydb-admin bench`.
 //! - [`client`]: the Rust client library.
+//! - [`operator`]: the operator's workflows (scale, local cluster, survey) behind `keydb-admin`.
 //! - [`clock`]: wall-clock seconds for expiry arithmetic.
 //! - [`restore`]: local state on disk (checkpoints, `local.json`) and restoring ranges.
 //! - [`segment`]: snapshot segment and manifest formats.
@@ -38,7 +38,6 @@ pub mod assignment;
 pub mod auth;
 pub mod background;
 pub mod backoff;
-pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod datadir;
@@ -50,6 +49,7 @@ pub mod layout;
 pub mod memory;
 pub mod messages;
 pub mod metrics;
+pub mod operator;
 pub mod procfs;
 pub mod protocol;
 pub mod restore;

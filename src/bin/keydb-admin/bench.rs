@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
-use crate::client::Client;
+use keydb::client::Client;
 
 /// Which API the load goes through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub struct Phase {
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("{0}")]
-    Client(#[from] crate::client::ClientError),
+    Client(#[from] keydb::client::ClientError),
     #[error("wrong answer: {0}")]
     Wrong(String),
     #[error("{0}")]

@@ -1,0 +1,424 @@
+//! Scaling a cluster online: snapshot every range ahead of the move, switch
+//! every node to the new view, wait until every moved range is handed off
+//! and loaded, then complete the scale on every node.
+//!
+//! Every step is idempotent, so a failed or interrupted scale is resumed by
+//! running it again with the same target (see [`Resume`]). A step that
+//! fails for a reason that may pass (a node restarting, ranges still moving)
+//! is retried until the scale's deadline.
+
+use std::time::{Duration, Instant};
+
+use super::OperatorError;
+use crate::assignment;
+use crate::backoff::Backoff;
+use crate::client::{bare, Client, ClientError};
+
+/// Between two attempts of a step that failed for a reason that may pass.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Between two surveys of the nodes while ranges move.
+const POLL: Duration = Duration::from_millis(250);
+
+/// The address list a scale goes to, as the operator gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The complete new list (the current nodes first, in order).
+    To(Vec<String>),
+    /// Nodes to append; those already in the list (a scale adding them
+    /// was started before) are not added twice, so the same command resumes.
+    Add(Vec<String>),
+    /// How many nodes to remove from the end.
+    Remove(u32),
+}
+
+impl Target {
+    /// The new address list, from the current one.
+    pub fn next(&self, old: &[String]) -> Result<Vec<String>, OperatorError> {
+        let bare = |list: &[String]| -> Vec<String> { list.iter().map(|a| bare(a).to_string()).collect() };
+        let next = match self {
+            Target::To(to) => bare(to),
+            Target::Add(add) => {
+                let add = bare(add);
+                old.iter().chain(add.iter().filter(|a| !old.contains(a))).cloned().collect()
+            }
+            Target::Remove(n) if (*n as usize) < old.len() => old[..old.len() - *n as usize].to_vec(),
+            Target::Remove(n) => {
+                return Err(OperatorError::Invalid(format!(
+                    "--remove {n}: the cluster has {} nodes",
+                    old.len()
+                )))
+            }
+        };
+        if !crate::settings::valid_address_list(&next) {
+            return Err(OperatorError::Invalid("the new list must be distinct host:port addresses".into()));
+        }
+        if !(next.starts_with(old) || old.starts_with(&next)) {
+            return Err(OperatorError::Invalid(format!(
+                "the new list must keep the current nodes first, in order: {}",
+                old.join(",")
+            )));
+        }
+        Ok(next)
+    }
+}
+
+/// The command that resumes a scale: the same scale again, with the full
+/// new list.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// A node of the current list.
+    pub address: String,
+    pub to: Vec<String>,
+}
+
+impl std::fmt::Display for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "keydb-admin --addresses {} scale --to {}", self.address, self.to.join(","))
+    }
+}
+
+/// Where the ranges stand while they move, from one survey of the nodes.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Ranges that move in this scale.
+    pub moved: usize,
+    /// Of those, loaded by their new owner.
+    pub loaded: usize,
+    /// Of those, handed off by their old owner.
+    pub handed_off: usize,
+    /// Nodes still on an earlier epoch ("address on epoch N").
+    pub behind: Vec<String>,
+    pub unreachable: Vec<String>,
+    /// Keys held by the nodes that answered.
+    pub keys: u64,
+    /// Since the scale started.
+    pub elapsed: Duration,
+}
+
+impl Progress {
+    /// The progress alone, without the clock or the key count: it changes
+    /// only when ranges move on or nodes come and go.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "loaded {}/{moved}, handed off {}/{moved}",
+            self.loaded,
+            self.handed_off,
+            moved = self.moved
+        );
+        if !self.behind.is_empty() {
+            s.push_str(&format!(", behind: {}", self.behind.join(", ")));
+        }
+        if !self.unreachable.is_empty() {
+            s.push_str(&format!(", unreachable: {}", self.unreachable.join(",")));
+        }
+        s
+    }
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "      {}, {} keys, {:.1}s", self.summary(), self.keys, self.elapsed.as_secs_f64())
+    }
+}
+
+/// What a scale is doing, for the caller to show. `Display` gives the
+/// line `keydb-admin` prints.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Before anything changes.
+    Planned { from: usize, to: usize, moved: usize, total_hash_ranges: u32 },
+    /// Step 1 starts.
+    Snapshotting,
+    /// Step 2 starts.
+    Switching,
+    /// Step 3 starts: the new view has `epoch`.
+    Waiting { moved: usize, epoch: u64 },
+    /// One survey of step 3.
+    Progress(&'a Progress),
+    /// Step 4 starts.
+    Completing,
+    /// A step failed for a reason that may pass; it runs again.
+    Retrying(&'a ClientError),
+}
+
+impl std::fmt::Display for Event<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Planned { from, to, moved, total_hash_ranges } => {
+                write!(f, "scaling {from} -> {to} nodes: {moved} of {total_hash_ranges} ranges move")
+            }
+            Event::Snapshotting => f.write_str("[1/4] snapshotting every range ahead of the move"),
+            Event::Switching => f.write_str("[2/4] switching to the new view"),
+            Event::Waiting { moved, epoch } => {
+                write!(f, "[3/4] waiting for {moved} ranges to be handed off and loaded (epoch {epoch})")
+            }
+            Event::Progress(p) => write!(f, "{p}"),
+            Event::Completing => f.write_str("[4/4] completing"),
+            Event::Retrying(e) => write!(f, "      retrying: {e}"),
+        }
+    }
+}
+
+/// What a finished scale did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub epoch: u64,
+    /// Nodes before and after.
+    pub from: usize,
+    pub to: usize,
+    pub ranges_moved: usize,
+    /// Step 1.
+    pub snapshot: Duration,
+    /// Steps 2 and 3: switching, handing off and loading.
+    pub handoff: Duration,
+    /// Everything.
+    pub total: Duration,
+}
+
+/// One scale, planned against the cluster as it is now; run it whole with
+/// [`Scale::run`] or step by step.
+pub struct Scale<'a> {
+    client: &'a Client,
+    /// The list before.
+    pub old: Vec<String>,
+    /// The list after.
+    pub next: Vec<String>,
+    /// Ranges that move.
+    pub moved: usize,
+    timeout: Duration,
+    started: Instant,
+    deadline: Instant,
+    events: Box<dyn FnMut(Event<'_>) + 'a>,
+}
+
+impl<'a> Scale<'a> {
+    /// Reads the current list from the cluster and plans the scale to
+    /// `target`; the steps give up `timeout` from now. Changes nothing.
+    pub async fn plan(
+        client: &'a Client,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<Scale<'a>, OperatorError> {
+        let old = client.get_node_info(0).await?.addresses;
+        let next = target.next(&old)?;
+        let total = client.config().total_hash_ranges;
+        let moved = assignment::moves(total, old.len() as u32, next.len() as u32).len();
+        let started = Instant::now();
+        Ok(Scale {
+            client,
+            old,
+            next,
+            moved,
+            timeout,
+            started,
+            deadline: started + timeout,
+            events: Box::new(|_| {}),
+        })
+    }
+
+    /// Tells `events` what the scale does from now on.
+    pub fn on_event(mut self, events: impl FnMut(Event<'_>) + 'a) -> Scale<'a> {
+        self.events = Box::new(events);
+        self
+    }
+
+    /// The command that resumes this scale.
+    pub fn resume(&self) -> Resume {
+        Resume { address: self.old[0].clone(), to: self.next.clone() }
+    }
+
+    /// Every node concerned: the current ones, then the added ones.
+    pub fn everyone(&self) -> Vec<String> {
+        let mut everyone = self.old.clone();
+        everyone.extend(self.next.iter().filter(|a| !self.old.contains(a)).cloned());
+        everyone
+    }
+
+    /// All four steps.
+    pub async fn run(mut self) -> Result<Report, OperatorError> {
+        (self.events)(Event::Planned {
+            from: self.old.len(),
+            to: self.next.len(),
+            moved: self.moved,
+            total_hash_ranges: self.client.config().total_hash_ranges,
+        });
+        self.snapshot().await?;
+        let snapshot = self.started.elapsed();
+        let epoch = self.switch().await?;
+        self.wait_for_handoffs(epoch).await?;
+        let moved_at = self.started.elapsed();
+        self.complete().await?;
+        Ok(Report {
+            epoch,
+            from: self.old.len(),
+            to: self.next.len(),
+            ranges_moved: self.moved,
+            snapshot,
+            handoff: moved_at - snapshot,
+            total: self.started.elapsed(),
+        })
+    }
+
+    /// Step 1: snapshots every range, so that the new owners load little
+    /// from the handoff.
+    pub async fn snapshot(&mut self) -> Result<(), OperatorError> {
+        (self.events)(Event::Snapshotting);
+        let client = self.client;
+        self.retrying(1, "createSnapshots", false, || client.create_snapshots(false)).await.map(|_| ())
+    }
+
+    /// Step 2: every node adopts the new view; returns its epoch.
+    pub async fn switch(&mut self) -> Result<u64, OperatorError> {
+        (self.events)(Event::Switching);
+        let (client, next) = (self.client, self.next.clone());
+        self.retrying(2, "scale", false, || client.scale(&next)).await
+    }
+
+    /// Step 3: waits until no node of `epoch` loads or drains a range and
+    /// every node answers on that epoch.
+    pub async fn wait_for_handoffs(&mut self, epoch: u64) -> Result<(), OperatorError> {
+        (self.events)(Event::Waiting { moved: self.moved, epoch });
+        let everyone = self.everyone();
+        loop {
+            let (mut loading, mut draining, mut keys) = (0usize, 0usize, 0u64);
+            let (mut unreachable, mut behind) = (Vec::new(), Vec::new());
+            for address in &everyone {
+                match self.client.get_info_at(address).await {
+                    Ok(i) if i.epoch > epoch => {
+                        return Err(OperatorError::Overtaken {
+                            address: address.clone(),
+                            theirs: i.epoch,
+                            ours: epoch,
+                        })
+                    }
+                    Ok(i) if i.epoch == epoch => {
+                        loading += i.ranges_loading.len();
+                        draining += i.ranges_draining.len();
+                        keys += i.keys_count;
+                    }
+                    Ok(i) => {
+                        // Has not adopted the new view yet (it re-reads it by itself).
+                        loading += 1;
+                        behind.push(format!("{address} on epoch {}", i.epoch));
+                    }
+                    Err(_) => unreachable.push(address.clone()),
+                }
+            }
+            let progress = Progress {
+                moved: self.moved,
+                loaded: self.moved.saturating_sub(loading),
+                handed_off: self.moved.saturating_sub(draining),
+                behind,
+                keys,
+                elapsed: self.started.elapsed(),
+                unreachable,
+            };
+            (self.events)(Event::Progress(&progress));
+            if loading == 0 && draining == 0 && progress.unreachable.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > self.deadline {
+                return Err(OperatorError::TimedOut {
+                    timeout: self.timeout,
+                    resume: Box::new(self.resume()),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Step 4: completes the scale on every node, old and new.
+    pub async fn complete(&mut self) -> Result<(), OperatorError> {
+        (self.events)(Event::Completing);
+        let client = self.client;
+        for address in self.everyone() {
+            self.retrying(4, "scaleComplete", true, || client.scale_complete_at(&address)).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a step again while it fails for a reason that may pass (a node
+    /// restarting; with `moving`, ranges still moving), until the deadline.
+    /// Every step is idempotent, so running one twice is safe.
+    async fn retrying<T, F, Fut>(
+        &mut self,
+        step: u8,
+        what: &'static str,
+        moving: bool,
+        mut call: F,
+    ) -> Result<T, OperatorError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        // A fixed delay: the step waits for a node or a range, not for a
+        // backlog that retries would add to.
+        let mut backoff = Backoff::new(RETRY_DELAY, RETRY_DELAY);
+        loop {
+            let error = match call().await {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            let passing = error.is_retryable()
+                || matches!(&error, ClientError::Rejected { status, code, .. }
+                    if *status == 503 || (moving && *status == 409 && code == "scale_in_progress"));
+            if !passing || Instant::now() > self.deadline {
+                return Err(OperatorError::Step { step, what, error, resume: Box::new(self.resume()) });
+            }
+            (self.events)(Event::Retrying(&error));
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(s: &str) -> Vec<String> {
+        s.split(',').map(String::from).collect()
+    }
+
+    #[test]
+    fn targets_give_the_new_list() {
+        let old = list("a:1,b:2");
+        assert_eq!(Target::To(list("a:1,b:2,c:3")).next(&old).unwrap(), list("a:1,b:2,c:3"));
+        assert_eq!(Target::Add(list("http://c:3")).next(&old).unwrap(), list("a:1,b:2,c:3"));
+        // Already added by an interrupted run of the same command.
+        let resumed = list("a:1,b:2,c:3");
+        assert_eq!(Target::Add(list("c:3")).next(&resumed).unwrap(), resumed);
+        assert_eq!(Target::Remove(1).next(&old).unwrap(), list("a:1"));
+    }
+
+    #[test]
+    fn impossible_targets_are_invalid() {
+        let old = list("a:1,b:2");
+        for target in [
+            Target::Remove(2),
+            Target::To(list("b:2,a:1")),
+            Target::To(list("a:1,a:1")),
+            Target::To(list("a:1,nope")),
+            Target::Add(list("a:1,c:3,c:3")),
+        ] {
+            assert!(matches!(target.next(&old), Err(OperatorError::Invalid(_))), "{target:?}");
+        }
+    }
+
+    #[test]
+    fn progress_summary_leaves_out_the_clock_and_keys() {
+        let p = |keys, secs| Progress {
+            moved: 32,
+            loaded: 10,
+            handed_off: 12,
+            behind: vec!["c:3 on epoch 4".into()],
+            unreachable: vec!["d:4".into()],
+            keys,
+            elapsed: Duration::from_secs(secs),
+        };
+        assert_eq!(p(1, 1).summary(), p(2, 9).summary());
+        assert_eq!(
+            p(5, 2).to_string(),
+            "      loaded 10/32, handed off 12/32, behind: c:3 on epoch 4, unreachable: d:4, 5 keys, 2.0s"
+        );
+    }
+}
