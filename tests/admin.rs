@@ -177,6 +177,18 @@ fn an_interrupted_scale_add_resumes_with_the_same_command() {
     assert_eq!(status, 200, "{body}");
     let (code, out, err) = admin(&["--addresses", &all[0], "scale", "--add", &all[1]], None);
     assert_eq!(code, 0, "resuming with the same --add: {out}{err}");
+    // Progress on stderr (one line per change, not a terminal), the summary on stdout.
+    for line in [
+        "scaling ",
+        "[1/4] snapshotting every range ahead of the move",
+        "[2/4] switching to the new view",
+        "[3/4] waiting for ",
+        "      loaded ",
+        "[4/4] completing",
+    ] {
+        assert!(err.lines().any(|l| l.starts_with(line)), "no line {line:?} in:\n{err}");
+    }
+    assert!(out.starts_with("scaled ") && out.contains(" ranges moved in "), "{out}");
     let (_, info) = node0.get_json("/info");
     assert_eq!(info["state"], "stable", "{info}");
     assert_eq!(info["addresses"], serde_json::json!(all), "{info}");

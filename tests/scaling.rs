@@ -14,6 +14,7 @@ use common::{garage, refs, Node};
 use keydb::assignment::{self, owners};
 use keydb::client::{Client, Config};
 use keydb::fingerprint::Fingerprint;
+use keydb::operator::scale::{Scale, Target};
 
 const DAY: Duration = Duration::from_secs(86_400);
 const ADMIN: &str = env!("CARGO_BIN_EXE_keydb-admin");
@@ -325,7 +326,9 @@ async fn kill_mid_scale(victim: Victim) {
     }
     let load = Load::start(&old, &format!("kill{victim:?}"), true);
     load.warm_up().await;
-    client.scale(&all).await.unwrap();
+    // The operator's steps 2 to 4 (no snapshot first), with the kill after step 2.
+    let mut scale = Scale::plan(&client, &Target::To(all.clone()), Duration::from_secs(180)).await.unwrap();
+    let epoch = scale.switch().await.unwrap();
     let index = match victim {
         Victim::Draining => 0,
         Victim::Loading => 2,
@@ -346,26 +349,8 @@ async fn kill_mid_scale(victim: Victim) {
     let node = &mut nodes[index];
     tokio::task::block_in_place(|| node.relaunch());
     // The scale finishes by itself once the victim is back.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let busy: usize = nodes
-            .iter()
-            .map(|n| {
-                let r = common::try_request(&n.addr, "GET", "/info", &[], b"");
-                r.map_or(1, |r| {
-                    let i = r.json();
-                    i["ranges_loading"].as_array().map_or(1, Vec::len)
-                        + i["ranges_draining"].as_array().map_or(1, Vec::len)
-                })
-            })
-            .sum();
-        if busy == 0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the scale did not finish after the restart");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    patient(&all).scale_complete().await.unwrap();
+    scale.wait_for_handoffs(epoch).await.expect("the scale did not finish after the restart");
+    scale.complete().await.unwrap();
     load.keep_going().await;
     let (acked, claimed, _) = load.finish().await;
     let c = patient(&all);
