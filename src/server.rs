@@ -99,70 +99,14 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     // Held until this function returns, i.e. for the life of the node.
     let _lock = datadir::lock(&settings.data_dir).map_err(StartError::Config)?;
     let identity = Identity::read(&settings.data_dir).map_err(StartError::Config)?;
-    let tokens = match &settings.auth_tokens_file {
-        Some(path) => Some(auth::Tokens::read(path).map_err(StartError::Config)?),
-        None => None,
-    };
-    match &tokens {
-        Some(t) => log::info!("authentication: {}", describe_tokens(t)),
-        None if settings.insecure_no_auth => {
-            log::warn!(
-                "authentication is off (KEYDB_INSECURE_NO_AUTH): anyone who reaches the port may do anything"
-            )
-        }
-        None => log::info!("authentication is off: no token file, and bound to a loopback address only"),
-    }
-    let gate = web::Data::new(Gate::new(tokens, settings.metrics_open));
-    if let Some(path) = settings.auth_tokens_file.clone() {
-        actix_web::rt::spawn(watch_tokens(path, gate.clone()));
-    }
-    let tls = match &settings.tls {
-        Some(files) => {
-            let loaded = tls::load(files.clone()).map_err(StartError::Config)?;
-            let mutual = files.client_ca.as_ref().map_or(String::new(), |ca| {
-                format!(", clients need a certificate signed by {}", ca.display())
-            });
-            log::info!("TLS with {}{mutual}", files.cert.display());
-            Some(loaded)
-        }
-        None => None,
-    };
+    let gate = gate(&settings)?;
+    let tls = tls_files(&settings)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // One server for the node's whole life: alive at once, serving nothing
     // but `/healthz` until the view is read, and stoppable.
     let life =
         web::Data::new(Lifecycle::new(format!("starting: reading {VIEW_KEY} from {}", store.describe())));
-    log::info!(
-        "listening on {} ({})",
-        listener.local_addr()?,
-        if settings.tls.is_some() { "https" } else { "http" }
-    );
-    let server = {
-        let (life, gate) = (life.clone(), gate.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(life.clone())
-                .app_data(gate.clone())
-                .wrap_fn(http::auth::authenticate)
-                .wrap_fn(http::record_metrics)
-                .configure(http::configure)
-        })
-        .workers(cores)
-        .keep_alive(match settings.keep_alive {
-            d if d.is_zero() => actix_web::http::KeepAlive::Disabled,
-            d => actix_web::http::KeepAlive::Timeout(d),
-        })
-        .shutdown_timeout(settings.shutdown_timeout.as_secs())
-        // Signals are ours: actix-server's own handling would stop the whole
-        // actor system, range actors included, before the last snapshot.
-        .disable_signals();
-        match &tls {
-            Some(reloadable) => server
-                .listen_rustls_0_23(listener, tls::server_config(reloadable).map_err(StartError::Config)?)?,
-            None => server.listen(listener)?,
-        }
-        .run()
-    };
+    let server = http_server(&settings, listener, cores, &life, &gate, &tls)?;
     if let Some(reloadable) = tls {
         actix_web::rt::spawn(tls::watch(reloadable));
     }
@@ -262,9 +206,22 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     });
     actix_web::rt::spawn(stop_on_signal(handle, signal));
     let result = server.await.map_err(|e| std::io::Error::other(e.to_string()))?;
+    shut_down(&settings, last_snapshot_to, wal_slot, arbiters).await;
+    log::info!("stopped");
+    Ok(result?)
+}
+
+/// After the server stopped (in-flight requests finished): the last
+/// snapshot if asked for, then the WAL flushed and closed, then the ranges.
+async fn shut_down(
+    settings: &Settings,
+    snapshots: Addr<SnapshotActor>,
+    wal: PendingWal,
+    arbiters: Vec<Arbiter>,
+) {
     if settings.snapshot_on_shutdown {
         // The ranges and the WAL are still up; nothing writes any more.
-        let last = last_snapshot_to.send(CreateSnapshots { full: false });
+        let last = snapshots.send(CreateSnapshots { full: false });
         match tokio::time::timeout(LAST_SNAPSHOT_DEADLINE, last).await {
             Ok(Ok(Ok(report))) => log::info!("last snapshot written ({} segments)", report.segments),
             Ok(Ok(Err(e))) => log::warn!("last snapshot failed (the WAL has everything): {e}"),
@@ -275,7 +232,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         }
     }
     // In-flight requests are finished: flush and close the WAL.
-    let wal = wal_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let wal = wal.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some((wal, handle)) = wal {
         wal.stop();
         let _ = handle.join();
@@ -283,8 +240,86 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
     for arbiter in arbiters {
         arbiter.stop();
     }
-    log::info!("stopped");
-    Ok(result?)
+}
+
+/// The authentication gate, from the token file (re-read while the node runs).
+fn gate(settings: &Settings) -> Result<web::Data<Gate>, StartError> {
+    let tokens = match &settings.auth_tokens_file {
+        Some(path) => Some(auth::Tokens::read(path).map_err(StartError::Config)?),
+        None => None,
+    };
+    match &tokens {
+        Some(t) => log::info!("authentication: {}", describe_tokens(t)),
+        None if settings.insecure_no_auth => {
+            log::warn!(
+                "authentication is off (KEYDB_INSECURE_NO_AUTH): anyone who reaches the port may do anything"
+            )
+        }
+        None => log::info!("authentication is off: no token file, and bound to a loopback address only"),
+    }
+    let gate = web::Data::new(Gate::new(tokens, settings.metrics_open));
+    if let Some(path) = settings.auth_tokens_file.clone() {
+        actix_web::rt::spawn(watch_tokens(path, gate.clone()));
+    }
+    Ok(gate)
+}
+
+/// The TLS certificate and key, if the node serves HTTPS.
+fn tls_files(settings: &Settings) -> Result<Option<Arc<tls::Reloadable>>, StartError> {
+    Ok(match &settings.tls {
+        Some(files) => {
+            let loaded = tls::load(files.clone()).map_err(StartError::Config)?;
+            let mutual = files.client_ca.as_ref().map_or(String::new(), |ca| {
+                format!(", clients need a certificate signed by {}", ca.display())
+            });
+            log::info!("TLS with {}{mutual}", files.cert.display());
+            Some(loaded)
+        }
+        None => None,
+    })
+}
+
+/// The HTTP server, listening: every route but `/healthz` answers 503
+/// until `life` is given the node.
+fn http_server(
+    settings: &Settings,
+    listener: TcpListener,
+    cores: usize,
+    life: &web::Data<Lifecycle>,
+    gate: &web::Data<Gate>,
+    tls: &Option<Arc<tls::Reloadable>>,
+) -> Result<actix_web::dev::Server, StartError> {
+    log::info!(
+        "listening on {} ({})",
+        listener.local_addr()?,
+        if settings.tls.is_some() { "https" } else { "http" }
+    );
+    Ok({
+        let (life, gate) = (life.clone(), gate.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(life.clone())
+                .app_data(gate.clone())
+                .wrap_fn(http::auth::authenticate)
+                .wrap_fn(http::record_metrics)
+                .configure(http::configure)
+        })
+        .workers(cores)
+        .keep_alive(match settings.keep_alive {
+            d if d.is_zero() => actix_web::http::KeepAlive::Disabled,
+            d => actix_web::http::KeepAlive::Timeout(d),
+        })
+        .shutdown_timeout(settings.shutdown_timeout.as_secs())
+        // Signals are ours: actix-server's own handling would stop the whole
+        // actor system, range actors included, before the last snapshot.
+        .disable_signals();
+        match tls {
+            Some(reloadable) => server
+                .listen_rustls_0_23(listener, tls::server_config(reloadable).map_err(StartError::Config)?)?,
+            None => server.listen(listener)?,
+        }
+        .run()
+    })
 }
 
 /// On SIGTERM or SIGINT: stop accepting, let in-flight requests finish
