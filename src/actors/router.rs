@@ -638,3 +638,115 @@ impl Handler<RangeOnDisk> for RouterActor {
         self.publish(Vec::new());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::Fingerprint;
+    use crate::messages::{Restore, Route, RouteKind};
+
+    const RANGES: u32 = 8;
+
+    fn keys(prefix: &str, n: usize) -> Vec<Fingerprint> {
+        (0..n).map(|i| Fingerprint::of(format!("{prefix}-{i}").as_bytes())).collect()
+    }
+
+    fn route(kind: RouteKind, fingerprints: Vec<Fingerprint>) -> Route {
+        Route { kind, fingerprints, client_epoch: 0 }
+    }
+
+    /// Node 0 of two, on a folder store, its ranges not restored yet.
+    fn node0(
+        store: ObjectStore,
+        wal_dir: &std::path::Path,
+    ) -> (Addr<RouterActor>, Vec<(u32, Addr<RangeActor>)>, Wal) {
+        let view = StoredView {
+            epoch: 1,
+            addresses: vec!["a:1".into(), "b:1".into()],
+            total_hash_ranges: RANGES,
+            state: ClusterState::Stable,
+            previous_addresses: None,
+            cluster_id: "test".into(),
+        };
+        let settings = crate::settings::Settings::from_env(
+            [("KEYDB_TOTAL_HASH_RANGES".to_string(), RANGES.to_string())].into_iter().collect(),
+        )
+        .unwrap();
+        let counts = KeyCounts::new(RANGES);
+        let ranges = SharedRanges::default();
+        let last = Arc::new(AtomicU64::new(0));
+        let snapshots = SnapshotActor::new(&settings, store.clone(), ranges.clone(), last.clone()).start();
+        let owned = crate::assignment::owners(RANGES, 2).iter().enumerate().filter(|(_, &o)| o == 0).count();
+        let mut actors = Vec::new();
+        let mut slots = Vec::new();
+        for (r, owner) in crate::assignment::owners(RANGES, 2).into_iter().enumerate() {
+            if owner != 0 {
+                continue;
+            }
+            let addr = RangeActor::new(r as u32, counts.clone()).start();
+            let state = protocol::at_start(Role::Kept).unwrap();
+            actors.push((r as u32, addr.clone()));
+            slots.push((r as u32, addr, state));
+        }
+        assert_eq!(actors.len(), owned);
+        let deps = RouterDeps {
+            node_id: 0,
+            store,
+            snapshots,
+            arbiters: vec![actix::Arbiter::current()],
+            last_snapshot: last,
+            ranges,
+            key_counts: counts,
+        };
+        let router = RouterActor::new(deps, view, slots).start();
+        let (wal, _writer) = Wal::open(wal_dir, 1).unwrap();
+        (router, actors, wal)
+    }
+
+    #[actix::test]
+    async fn routes_by_owner_refuses_until_restored_and_answers_in_request_order() {
+        let (objects, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = ObjectStore::Fs(crate::store::FsStore::new(objects.path().to_path_buf()));
+        let (router, actors, wal) = node0(store, data.path());
+        let owners = crate::assignment::owners(RANGES, 2);
+        let all = keys("k", 400);
+        let (mine, theirs): (Vec<_>, Vec<_>) =
+            all.iter().partition(|f| owners[f.range(RANGES) as usize] == 0);
+        assert!(!mine.is_empty() && !theirs.is_empty());
+        let put = RouteKind::Put { ttl_seconds: 3600 };
+
+        // Not restored: refused with a retry, nothing applied.
+        let early = router.send(route(put, mine.clone())).await.unwrap();
+        assert!(matches!(early, Err(RouteError::Unavailable { .. })), "{early:?}");
+
+        for (_, addr) in &actors {
+            addr.send(Restore { table: Default::default(), wal: wal.clone(), force_full: false })
+                .await
+                .unwrap();
+        }
+        let ranges = actors.iter().map(|(r, _)| *r).collect();
+        router.send(RangesRestored { ranges, on_disk: false, wal: wal.clone() }).await.unwrap();
+
+        // One key of another node's range refuses the whole batch, naming the owner.
+        let mixed = vec![mine[0], theirs[0]];
+        match router.send(route(put, mixed)).await.unwrap() {
+            Err(RouteError::WrongNode { owner: 1, view, .. }) => assert_eq!(view.epoch, 1),
+            other => panic!("expected 421 naming node 1: {other:?}"),
+        }
+        let stored = &mine[..mine.len() / 2];
+        router.send(route(put, stored.to_vec())).await.unwrap().unwrap();
+        let got = router.send(route(RouteKind::Get, mine.clone())).await.unwrap().unwrap();
+        let expected: Vec<bool> = (0..mine.len()).map(|i| i < stored.len()).collect();
+        assert_eq!(got.answers, expected, "answers in request order across ranges");
+        let claim = RouteKind::Claim { ttl_seconds: 3600 };
+        let claimed = router.send(route(claim, mine.clone())).await.unwrap().unwrap();
+        assert_eq!(claimed.answers, expected, "a claim answers whether each key existed");
+        let again = router.send(route(claim, mine.clone())).await.unwrap().unwrap();
+        assert!(again.answers.iter().all(|&e| e), "no key is claimed new twice");
+
+        let info = router.send(GetInfo).await.unwrap();
+        assert_eq!(info.keys_count, mine.len() as u64);
+        assert_eq!(info.hash_ranges, actors.iter().map(|(r, _)| *r).collect::<Vec<_>>());
+        assert!(info.ranges_loading.is_empty());
+    }
+}
