@@ -655,11 +655,10 @@ mod tests {
         Route { kind, fingerprints, client_epoch: 0 }
     }
 
+    type RangeActors = Vec<(u32, Addr<RangeActor>)>;
+
     /// Node 0 of two, on a folder store, its ranges not restored yet.
-    fn node0(
-        store: ObjectStore,
-        wal_dir: &std::path::Path,
-    ) -> (Addr<RouterActor>, Vec<(u32, Addr<RangeActor>)>, Wal) {
+    fn node0(store: ObjectStore, wal_dir: &std::path::Path) -> (Addr<RouterActor>, RangeActors, Wal) {
         let view = StoredView {
             epoch: 1,
             addresses: vec!["a:1".into(), "b:1".into()],
