@@ -3,14 +3,16 @@
 //! writes again by itself.
 
 mod common;
+// Shared with tests/nemesis.rs, which uses all of it.
+#[allow(dead_code)]
+#[path = "common/fault_proxy.rs"]
+mod fault_proxy;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::disk::SmallDisk;
+use fault_proxy::FaultProxy;
 use common::{keys, wait_until, Node};
 
 /// The sum of a metric's samples over all its labels.
@@ -132,105 +134,6 @@ fn wal_disk_full_refuses_writes_then_recovers_without_restart() {
     assert!(node.log().contains("the WAL writes again"));
 }
 
-/// A TCP proxy in front of the object store. `fail_next(n)` cuts every open
-/// connection and answers the next `n` HTTP requests with an S3
-/// `503 SlowDown` (each on its own connection, closed after the answer);
-/// everything else passes through untouched.
-struct FaultyProxy {
-    addr: String,
-    fail_next: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    open: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl FaultyProxy {
-    fn start(upstream: &str) -> FaultyProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let fail_next = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
-        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (next, count, conns) = (fail_next.clone(), failed.clone(), open.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                conns.lock().unwrap().push(conn.try_clone().unwrap());
-                let (upstream, next, count) = (upstream.clone(), next.clone(), count.clone());
-                std::thread::spawn(move || serve(conn, &upstream, &next, &count));
-            }
-        });
-        FaultyProxy { addr, fail_next, failed, open }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn fail_next(&self, n: usize) {
-        self.fail_next.store(n, Ordering::SeqCst);
-        // Pooled connections would carry the next requests past the fault.
-        for conn in self.open.lock().unwrap().drain(..) {
-            let _ = conn.shutdown(Shutdown::Both);
-        }
-    }
-
-    fn failed(&self) -> usize {
-        self.failed.load(Ordering::SeqCst)
-    }
-
-    fn remaining(&self) -> usize {
-        self.fail_next.load(Ordering::SeqCst)
-    }
-}
-
-fn serve(mut client: TcpStream, upstream: &str, fail_next: &AtomicUsize, failed: &AtomicUsize) {
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    // The first request's head, byte by byte so nothing past it is consumed.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match client.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    let take = fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-    if take {
-        // Read the body too, so that closing does not reset the connection
-        // before the client has read the answer.
-        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-        let length = text
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<u64>().unwrap_or(0)))
-            .unwrap_or(0);
-        let _ = std::io::copy(&mut (&client).take(length), &mut std::io::sink());
-        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
-                    <Message>injected fault</Message></Error>";
-        let answer = format!(
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = client.write_all(answer.as_bytes());
-        failed.fetch_add(1, Ordering::SeqCst);
-        return;
-    }
-    let Ok(mut server) = TcpStream::connect(upstream) else { return };
-    client.set_read_timeout(None).unwrap();
-    if server.write_all(&head).is_err() {
-        return;
-    }
-    let (mut client_r, mut server_w) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-    let up = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut client_r, &mut server_w);
-        let _ = server_w.shutdown(Shutdown::Write);
-    });
-    let _ = std::io::copy(&mut server, &mut client);
-    let _ = client.shutdown(Shutdown::Write);
-    let _ = up.join();
-}
-
 fn post(node: &Node, path: &str, body: &serde_json::Value) -> u16 {
     node.post(path, body).0
 }
@@ -239,7 +142,7 @@ fn post(node: &Node, path: &str, body: &serde_json::Value) -> u16 {
 fn object_store_failing_then_recovering_loses_nothing() {
     let Some(vars) = common::garage::shared() else { return };
     let upstream = vars.iter().find(|(k, _)| k == "S3_TEST_ENDPOINT").unwrap().1.clone();
-    let proxy = FaultyProxy::start(&upstream);
+    let proxy = FaultProxy::start(&upstream);
     let prefix = common::unique_prefix("faulty-store");
     let mut env = common::garage::node_env(&vars, &prefix);
     env.retain(|(k, _)| k != "KEYDB_STORAGE_ENDPOINT");

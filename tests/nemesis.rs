@@ -44,6 +44,8 @@
 //!   --release --test nemesis random_schedules_on_the_folder_store`.
 
 mod common;
+// Shared with tests/faults.rs.
+#[allow(dead_code)]
 #[path = "common/fault_proxy.rs"]
 mod fault_proxy;
 #[path = "common/history.rs"]

@@ -1,8 +1,8 @@
 //! A proxy in front of an S3 server that can fail calls: the next N, or
 //! every call while it is "down". A failed call is answered `503 SlowDown`
 //! without reaching the server, so it is certainly not applied. Used by
-//! `tests/nemesis.rs` (included there by path, so the other test targets do
-//! not carry it).
+//! `tests/nemesis.rs` and `tests/faults.rs` (included there by path, so the
+//! other test targets do not carry it).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -70,6 +70,11 @@ impl FaultProxy {
         } else {
             self.state.fail_next.store(0, Ordering::SeqCst);
         }
+    }
+
+    /// Of the calls `fail_next` named, those not failed yet.
+    pub fn remaining(&self) -> usize {
+        self.state.fail_next.load(Ordering::SeqCst)
     }
 
     /// Calls failed so far.
