@@ -118,3 +118,26 @@ fn info_has_exactly_the_documented_fields_with_their_types() {
     };
     assert_eq!(fields(&doc), fields(&info), "API.md's /info example and a node's /info differ");
 }
+
+/// The module map at the top of src/lib.rs names exactly the modules it
+/// declares, and DESIGN.md's map of the code names every folder of src/.
+#[test]
+fn the_module_maps_match_the_code() {
+    let lib = read("src/lib.rs");
+    let declared: BTreeSet<&str> =
+        lib.lines().filter_map(|l| l.strip_prefix("pub mod ").and_then(|m| m.strip_suffix(';'))).collect();
+    let mapped: BTreeSet<&str> =
+        lib.lines().filter_map(|l| l.strip_prefix("//! - [`").and_then(|m| m.split('`').next())).collect();
+    assert!(declared.len() >= 20, "parsed only {declared:?}");
+    assert_eq!(declared, mapped, "src/lib.rs: the module map and the `pub mod`s differ");
+
+    let design = read("docs/DESIGN.md");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            let folder = format!("`src/{}/`", entry.file_name().to_string_lossy());
+            assert!(design.contains(&folder), "DESIGN.md's map of the code lacks {folder}");
+        }
+    }
+}

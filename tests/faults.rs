@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::disk::SmallDisk;
-use fault_proxy::FaultProxy;
 use common::{keys, wait_until, Node};
+use fault_proxy::FaultProxy;
 
 /// The sum of a metric's samples over all its labels.
 fn metric(node: &Node, name: &str) -> f64 {
