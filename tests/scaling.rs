@@ -379,3 +379,60 @@ async fn kill9_loading_node_mid_scale() {
 async fn kill9_random_node_at_a_random_point_of_a_scale() {
     kill_mid_scale(Victim::Random).await;
 }
+
+/// Runs a future to completion from a synchronous condition.
+fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// `keydb-admin load` records each refused request of the ranges a scale
+/// moves, and of no other range, and every one of them is served in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_measuring_load_sees_the_refusals_of_moving_ranges() {
+    let objects = tempfile::tempdir().unwrap();
+    let env = fs_env(&objects);
+    let all = common::addresses(2);
+    let mut nodes = start_nodes(&all[..1], 0..1, &env);
+    nodes.extend(start_nodes(&all, 1..2, &env));
+    for n in &mut nodes {
+        n.wait_started();
+    }
+    nodes[0].wait_ready();
+    let load = tokio::process::Command::new(ADMIN)
+        .args(["--addresses", &all[0], "--json", "load", "--put-rate", "20000", "--get-rate", "20000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = load.id().unwrap().to_string();
+    // A put acknowledged through the load's own node first, so that the
+    // scale meets the load running.
+    common::wait_until("the load to write", Duration::from_secs(30), || {
+        nodes[0].get_json("/info").1["keys_count"].as_u64().unwrap_or(0) > 1000
+    });
+    let client = patient(&all[..1]);
+    client.scale(&all).await.unwrap();
+    let new = patient(&all);
+    common::wait_until("the scale to complete", Duration::from_secs(60), || {
+        futures_executor_block_on(new.scale_complete()).is_ok()
+    });
+    // Served again on the new layout before the load stops.
+    let served = nodes[1].get_json("/info").1["keys_count"].as_u64().unwrap();
+    common::wait_until("the load to write to the new node", Duration::from_secs(30), || {
+        nodes[1].get_json("/info").1["keys_count"].as_u64().unwrap_or(0) > served
+    });
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = load.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "the load failed: {}", String::from_utf8_lossy(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["wrong_answers"], 0);
+    assert!(report["put"]["keys"].as_u64().unwrap() > 0 && report["get"]["keys"].as_u64().unwrap() > 0);
+    let moved: BTreeSet<u64> = assignment::moves(128, 1, 2).iter().map(|m| u64::from(m.range)).collect();
+    let refusals = report["refusals"].as_array().unwrap();
+    let refused: BTreeSet<u64> = refusals.iter().map(|r| r["range"].as_u64().unwrap()).collect();
+    assert!(!refused.is_empty(), "a scale under load refuses some requests: {report}");
+    assert!(refused.is_subset(&moved), "refused ranges {refused:?} are not all moving ones");
+    for r in refusals {
+        assert!(r["refused_ms"].as_f64().is_some(), "never served: {r}");
+        assert!(r["unavailable"].as_u64().unwrap() + r["wrong_node"].as_u64().unwrap() > 0, "{r}");
+    }
+}

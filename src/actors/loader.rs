@@ -38,6 +38,22 @@ pub struct LoadJob {
     pub node_id: u32,
 }
 
+/// Where a load's time went, for its log line: the time a range answers
+/// 503 on its new owner is bounded by it.
+#[derive(Debug, Default)]
+struct Timing {
+    /// Entries merged in all, and by the passes before the handoff mark.
+    entries: u64,
+    entries_before_mark: u64,
+    /// Passes that found no handoff mark yet.
+    polls: u32,
+    /// When the first pass (the chain as it was) was merged.
+    chain_merged: Option<Duration>,
+    /// When the pass that found the mark started, and when it was merged.
+    mark_pass: Duration,
+    tail_merged: Duration,
+}
+
 pub async fn load_range(job: LoadJob, addr: Addr<RangeActor>, router: Addr<RouterActor>) {
     let started = std::time::Instant::now();
     let range = job.range;
@@ -45,13 +61,22 @@ pub async fn load_range(job: LoadJob, addr: Addr<RangeActor>, router: Addr<Route
     // Errors back off further than the polls, from twice the first poll.
     let mut backoff = Backoff::new(POLL * 2, MAX_BACKOFF).with_jitter(JITTER);
     let mut poll = POLL;
+    let mut timing = Timing::default();
     loop {
         // Waiting for the handoff polls briskly at first (the wait bounds how
         // long the range answers 503), then eases off so that many loading
         // ranges do not flood the store; errors back off further.
-        let pause = match step(&job, &addr, &mut loaded).await {
-            Ok(true) => break,
+        let pass = started.elapsed();
+        let pause = match step(&job, &addr, &mut loaded, &mut timing.entries).await {
+            Ok(true) => {
+                timing.mark_pass = pass;
+                timing.tail_merged = started.elapsed();
+                break;
+            }
             Ok(false) => {
+                timing.chain_merged.get_or_insert(started.elapsed());
+                timing.entries_before_mark = timing.entries;
+                timing.polls += 1;
                 poll = (poll * 3 / 2).min(MAX_POLL);
                 poll
             }
@@ -70,14 +95,32 @@ pub async fn load_range(job: LoadJob, addr: Addr<RangeActor>, router: Addr<Route
         log::warn!("range {range}: cannot write its load mark (retrying in {delay:?}): {e}");
         tokio::time::sleep(delay).await;
     }
-    log::info!("range {range}: {} segments loaded in {:?}", loaded.len(), started.elapsed());
+    let ms = |d: Duration| d.as_millis();
+    log::info!(
+        "range {range}: {} segments loaded in {} ms for epoch {}: {} entries merged by {} ms, handoff mark \
+         found after {} polls by the pass at {} ms, {} more entries merged by {} ms, load mark written",
+        loaded.len(),
+        ms(started.elapsed()),
+        job.epoch,
+        timing.entries_before_mark,
+        timing.chain_merged.map_or(0, ms),
+        timing.polls,
+        ms(timing.mark_pass),
+        timing.entries - timing.entries_before_mark,
+        ms(timing.tail_merged),
+    );
     let _ = router.send(RangeLoaded { range }).await;
 }
 
 /// One pass: merges every segment not merged yet; true once the manifest
 /// read carries this cluster's handoff mark of the epoch (its segments all
 /// merged).
-async fn step(job: &LoadJob, addr: &Addr<RangeActor>, loaded: &mut HashSet<String>) -> Result<bool, String> {
+async fn step(
+    job: &LoadJob,
+    addr: &Addr<RangeActor>,
+    loaded: &mut HashSet<String>,
+    merged: &mut u64,
+) -> Result<bool, String> {
     let (store, range) = (&job.store, job.range);
     let manifest =
         layout::read_manifest(store, range, job.total_hash_ranges).await.map_err(|e| e.to_string())?;
@@ -115,6 +158,7 @@ async fn step(job: &LoadJob, addr: &Addr<RangeActor>, loaded: &mut HashSet<Strin
                 .map_err(|e| e.to_string())?;
         }
         loaded.insert(seg.name.clone());
+        *merged += seg.entries;
     }
     Ok(layout::handed_off(Some(&manifest), &job.cluster_id, job.epoch))
 }

@@ -332,7 +332,7 @@ async fn snapshot_range(
     if data.kind == SegmentKind::Incremental && data.entries.is_empty() {
         return Ok((0, 0));
     }
-    let result = write_segment(job, range, data.kind, data.entries, now, None).await;
+    let result = write_segment(job, range, data.kind, data.entries, now, None, &mut Steps::default()).await;
     let force_full = match &result {
         // The entries taken are in no segment now: the next one must be full.
         Err(_) => true,
@@ -346,11 +346,39 @@ async fn snapshot_range(
     result.map(|(entries, bytes, _)| (entries, bytes))
 }
 
+/// When each step of a handoff ended, for its log line (the handoff bounds
+/// how long the range answers 503 on its new owner). Inert unless started.
+#[derive(Debug, Default)]
+struct Steps {
+    start: Option<Instant>,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Steps {
+    fn started() -> Steps {
+        Steps { start: Some(Instant::now()), done: Vec::new() }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        if let Some(start) = self.start {
+            self.done.push((step, start.elapsed()));
+        }
+    }
+
+    fn describe(&self) -> String {
+        let steps: Vec<String> =
+            self.done.iter().map(|(s, d)| format!("{s} by {} ms", d.as_millis())).collect();
+        steps.join(", ")
+    }
+}
+
 /// Writes a lost range's last segment and its handoff mark for the epoch,
 /// unless the mark is there already (a handoff redone after a restart).
 async fn handoff(job: &SnapshotDeps, msg: Handoff) -> Result<(), SnapshotError> {
     let range = msg.range;
+    let mut steps = Steps::started();
     let _exclusive = job.locks[range as usize].lock().await;
+    steps.mark("lock taken");
     let manifest = match layout::read_manifest(&job.store, range, job.total_hash_ranges).await {
         Ok(m) => m,
         Err(restore::RestoreError::Store(source)) => return Err(SnapshotError::Store { range, source }),
@@ -368,17 +396,22 @@ async fn handoff(job: &SnapshotDeps, msg: Handoff) -> Result<(), SnapshotError> 
         .map_err(|_| SnapshotError::NotReady(range))?;
     let mark =
         segment::Handoff { epoch: msg.epoch, node_id: job.node_id, cluster_id: msg.cluster_id.clone() };
+    steps.mark("entries taken");
     let mut data = data;
     if crate::testing::broken(crate::testing::Break::SkipHandoffSegment) {
         data.entries.clear();
         data.kind = SegmentKind::Incremental;
     }
-    let result = write_segment(job, range, data.kind, data.entries, now, Some(mark)).await;
+    let result = write_segment(job, range, data.kind, data.entries, now, Some(mark), &mut steps).await;
     if result.is_err() {
         let _ = msg.addr.send(ForceFullSnapshot).await;
     }
-    result.map(|(entries, _, _)| {
-        log::info!("range {range}: handed off for epoch {} ({entries} entries)", msg.epoch)
+    result.map(|(entries, bytes, _)| {
+        log::info!(
+            "range {range}: handed off for epoch {} ({entries} entries, {bytes} bytes): {}",
+            msg.epoch,
+            steps.describe()
+        )
     })
 }
 
@@ -392,6 +425,7 @@ async fn write_segment(
     entries: Vec<(crate::table::TableKey, crate::table::Expiry)>,
     now: u32,
     handoff: Option<segment::Handoff>,
+    steps: &mut Steps,
 ) -> Result<(u64, u64, usize), SnapshotError> {
     let store_err = |source| SnapshotError::Store { range, source };
     let (manifest, version) =
@@ -401,6 +435,7 @@ async fn write_segment(
             Err(restore::RestoreError::Store(e)) => return Err(store_err(e)),
             Err(e) => return Err(SnapshotError::Internal(e.to_string())),
         };
+    steps.mark("manifest read");
     let created = u64::from(now);
     let count = entries.len() as u64;
     let mut next = manifest;
@@ -422,9 +457,11 @@ async fn write_segment(
             crate::background::run(move || segment.encode()).await.map_err(|e| e.to_string())
         }
         .map_err(|e| SnapshotError::Internal(format!("encoding task failed: {e}")))?;
+        steps.mark("encoded");
         let size = bytes.len() as u64;
         let key = segment_key(range, &name);
         job.store.put(&key, bytes).await.map_err(store_err)?;
+        steps.mark("segment written");
         if kind == SegmentKind::Full {
             superseded = std::mem::take(&mut next.segments);
         }
@@ -448,6 +485,7 @@ async fn write_segment(
         // stored manifest names it. An unnamed segment only costs space.
         Err(e) => return Err(store_err(e)),
     }
+    steps.mark("manifest written");
     for old in superseded {
         if let Err(e) = job.store.delete(&segment_key(range, &old.name)).await {
             log::warn!("could not delete superseded segment: {e}");

@@ -7,7 +7,7 @@
 //! fails for a reason that may pass (a node restarting, ranges still moving)
 //! is retried until the scale's deadline.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::OperatorError;
 use crate::assignment;
@@ -167,10 +167,14 @@ pub struct Report {
     pub from: usize,
     pub to: usize,
     pub ranges_moved: usize,
+    /// When the scale started, to line its steps up with other records.
+    pub started_at: SystemTime,
     /// Step 1.
     pub snapshot: Duration,
     /// Steps 2 and 3: switching, handing off and loading.
     pub handoff: Duration,
+    /// Of those, step 2 alone.
+    pub switch: Duration,
     /// Everything.
     pub total: Duration,
 }
@@ -187,6 +191,7 @@ pub struct Scale<'a> {
     pub moved: usize,
     timeout: Duration,
     started: Instant,
+    started_at: SystemTime,
     deadline: Instant,
     events: Box<dyn FnMut(Event<'_>) + 'a>,
 }
@@ -211,6 +216,7 @@ impl<'a> Scale<'a> {
             moved,
             timeout,
             started,
+            started_at: SystemTime::now(),
             deadline: started + timeout,
             events: Box::new(|_| {}),
         })
@@ -245,6 +251,7 @@ impl<'a> Scale<'a> {
         self.snapshot().await?;
         let snapshot = self.started.elapsed();
         let epoch = self.switch().await?;
+        let switched = self.started.elapsed();
         self.wait_for_handoffs(epoch).await?;
         let moved_at = self.started.elapsed();
         self.complete().await?;
@@ -253,8 +260,10 @@ impl<'a> Scale<'a> {
             from: self.old.len(),
             to: self.next.len(),
             ranges_moved: self.moved,
+            started_at: self.started_at,
             snapshot,
             handoff: moved_at - snapshot,
+            switch: switched - snapshot,
             total: self.started.elapsed(),
         })
     }

@@ -84,8 +84,8 @@ pub enum BenchError {
     Http(String),
 }
 
-/// Key `i` of a run, padded to `len` bytes.
-fn key(prefix: &str, i: u64, len: usize) -> String {
+/// Key `i` of a run, padded to `len` bytes (`keydb-admin load` reads them back).
+pub fn key(prefix: &str, i: u64, len: usize) -> String {
     let k = format!("{prefix}{i}");
     if k.len() >= len {
         k

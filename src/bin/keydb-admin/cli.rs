@@ -107,6 +107,12 @@ pub enum Command {
     /// Load the cluster: put N keys in batches, then get them back mixed
     /// with absent keys; checks every answer and prints keys/s and latency.
     Bench(BenchArgs),
+    /// Load the cluster at a steady rate with requests of one hash range
+    /// each, and record every refusal (421, 503) per range: how long each
+    /// request was refused, and keys served per time bucket. Runs for
+    /// --seconds, or until SIGINT/SIGTERM; then prints the report (the whole
+    /// of it with --json). Plain HTTP only.
+    Load(LoadArgs),
     /// Run a local cluster of N nodes on consecutive ports over a shared
     /// folder store; Ctrl-C stops them all.
     LocalCluster {
@@ -163,6 +169,46 @@ pub struct BenchArgs {
     /// keys put before (answer: existed), the rest new ones (answer: new).
     #[arg(long)]
     pub claim: bool,
+}
+
+/// The flags of `load`.
+#[derive(Args)]
+pub struct LoadArgs {
+    /// Put keys per second over all ranges (random new keys), `max` or `off`.
+    #[arg(long, default_value = "off")]
+    pub put_rate: crate::load::Rate,
+    /// Get keys per second over all ranges, `max` or `off`: half of them
+    /// absent, the rest preloaded keys and keys this load put.
+    #[arg(long, default_value = "off")]
+    pub get_rate: crate::load::Rate,
+    /// Stop after this long (default: at SIGINT or SIGTERM).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub seconds: Option<Duration>,
+    /// Keys an earlier `bench --key-prefix <P>` put, read back by the gets.
+    #[arg(long, requires = "preloaded_keys")]
+    pub preloaded_prefix: Option<String>,
+    /// How many keys that run put (`bench --keys`).
+    #[arg(long, requires = "preloaded_prefix")]
+    pub preloaded_keys: Option<u64>,
+    /// Bytes per preloaded key (`bench --key-len`).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub key_len: u64,
+    /// Time to live of the keys put.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    pub ttl: Duration,
+    /// How often each range's lane sends the keys that fell due.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub tick: Duration,
+    /// Keys per request at most.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_batch: u64,
+    /// Pause before a request refused with 503 is sent again (the
+    /// precision of the windows measured).
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub retry_pause: Duration,
+    /// Width of the report's timeline buckets.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub bucket: Duration,
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {

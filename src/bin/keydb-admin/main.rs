@@ -1,12 +1,14 @@
 //! `keydb-admin`: the operator's CLI. Thin: parses flags ([`cli`]), calls
 //! the client library and the operator's workflows ([`keydb::operator`]),
-//! prints tables (or JSON with `--json`). The load generator of `bench`
-//! ([`bench`]) lives here, beside the CLI, and not in the library.
+//! prints tables (or JSON with `--json`). The load generators of `bench`
+//! ([`bench`]) and `load` ([`load`]) live here, beside the CLI, and not in
+//! the library.
 //!
 //! Exit codes: 0 success, 1 a failed operation, 2 bad usage.
 
 mod bench;
 mod cli;
+mod load;
 
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
@@ -21,7 +23,7 @@ use keydb::operator::scale::{Event, Scale, Target};
 use keydb::operator::{self, OperatorError};
 
 use bench::{BenchConfig, Wire};
-use cli::{BenchArgs, Cli, Command};
+use cli::{BenchArgs, Cli, Command, LoadArgs};
 
 /// How long `local-cluster` waits for its nodes to serve.
 const LOCAL_CLUSTER_READY: Duration = Duration::from_secs(60);
@@ -102,6 +104,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::LocalCluster { nodes, base_port, dir } => local_cluster(*nodes, *base_port, dir).await,
         Command::Bench(args) => bench(&cli, args).await,
+        Command::Load(args) => load(&cli, args).await,
     }
 }
 
@@ -358,10 +361,21 @@ async fn scale(cli: &Cli, target: &Target, timeout: Duration) -> Result<()> {
     };
     let report = Scale::plan(&client, target, timeout).await.map_err(failed)?.on_event(show).run().await?;
     if cli.json {
+        // When each step ended, in Unix milliseconds, to line up with other records.
+        let start = report.started_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let unix_ms = |at: Duration| (start + at).as_secs_f64() * 1000.0;
+        let moved_at = report.snapshot + report.handoff;
         print_json(&serde_json::json!({
             "success": true, "epoch": report.epoch, "from": report.from, "to": report.to,
             "ranges_moved": report.ranges_moved, "snapshot_seconds": report.snapshot.as_secs_f64(),
-            "move_seconds": report.handoff.as_secs_f64(), "total_seconds": report.total.as_secs_f64(),
+            "switch_seconds": report.switch.as_secs_f64(), "move_seconds": report.handoff.as_secs_f64(),
+            "complete_seconds": (report.total - moved_at).as_secs_f64(),
+            "total_seconds": report.total.as_secs_f64(),
+            "unix_ms": {
+                "started": unix_ms(Duration::ZERO), "snapshotted": unix_ms(report.snapshot),
+                "switched": unix_ms(report.snapshot + report.switch), "moved": unix_ms(moved_at),
+                "completed": unix_ms(report.total),
+            },
         }));
     } else {
         println!(
@@ -418,6 +432,76 @@ async fn local_cluster(nodes: u32, base_port: u16, dir: &std::path::Path) -> Res
         .await;
     println!("stopping...");
     cluster.stop();
+    Ok(())
+}
+
+/// `load`: runs until `--seconds` or a signal, then prints the report.
+async fn load(cli: &Cli, args: &LoadArgs) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    if cli.addresses.is_empty() {
+        usage("no addresses: pass --addresses host:port[,host:port...] or set KEYDB_ADDRESSES");
+    }
+    if cli.addresses.iter().any(|a| a.starts_with("https://")) {
+        usage("load speaks plain HTTP only");
+    }
+    if args.tick.is_zero() || args.bucket.is_zero() {
+        usage("--tick and --bucket must be above zero");
+    }
+    let preloaded = args
+        .preloaded_prefix
+        .clone()
+        .zip(args.preloaded_keys)
+        .map(|(prefix, count)| load::Preloaded { prefix, count, key_len: args.key_len as usize });
+    let config = load::LoadConfig {
+        addresses: cli.addresses.iter().map(|a| keydb::client::bare(a).to_string()).collect(),
+        token: token(cli),
+        total_hash_ranges: cli.total_hash_ranges,
+        put_rate: args.put_rate,
+        get_rate: args.get_rate,
+        ttl: args.ttl,
+        tick: args.tick,
+        max_batch: args.max_batch as usize,
+        retry_pause: args.retry_pause,
+        bucket: args.bucket,
+        preloaded,
+    };
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let seconds = args.seconds;
+    let stop = async move {
+        let limit = async {
+            match seconds {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = limit => {}
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
+    let r = load::run(config, stop).await?;
+    if cli.json {
+        print_json(&serde_json::to_value(&r)?);
+    } else {
+        println!("{:<4} {:>12} {:>10} {:>12}", "op", "keys", "requests", "keys/s");
+        for (name, t) in [("put", &r.put), ("get", &r.get)] {
+            println!("{name:<4} {:>12} {:>10} {:>12.0}", t.keys, t.requests, t.keys_per_sec);
+        }
+        let longest = r.refusals.iter().filter_map(|x| x.refused_ms).fold(0.0, f64::max);
+        println!(
+            "{} requests refused before being served; the longest for {longest:.0} ms",
+            r.refusals.len()
+        );
+        for line in r.wrong_shown.iter().chain(&r.rejected_shown) {
+            println!("{line}");
+        }
+    }
+    if r.wrong_answers > 0 || r.rejected > 0 {
+        report(&format!("{} wrong answers, {} requests rejected", r.wrong_answers, r.rejected), 1);
+        return Err(Reported.into());
+    }
     Ok(())
 }
 
