@@ -405,8 +405,41 @@ impl Client {
             let v: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
             epoch = epoch.max(v["epoch"].as_u64().unwrap_or(0));
         }
-        self.refresh_from(&addresses[0]).await;
+        // The nodes answered with the epoch of this list: no need to ask one
+        // for its /info.
+        self.adopt(&ViewWire {
+            epoch,
+            addresses: addresses.to_vec(),
+            total_hash_ranges: total,
+            state: crate::view::ClusterState::Scaling,
+        })?;
         Ok(epoch)
+    }
+
+    /// Asks every node of the current and new lists to load ahead the
+    /// ranges it would gain in a scale to `addresses` (`/prepareScale`), so
+    /// that the scale's switch only waits for what is written after this.
+    /// Returns, per node (its index in the longer list), the ranges and
+    /// entries it loaded.
+    pub async fn prepare_scale(&self, addresses: &[String]) -> Result<Vec<(u32, u64, u64)>, ClientError> {
+        let addresses: Vec<String> = addresses.iter().map(|a| bare(a).to_string()).collect();
+        self.learn_view().await?;
+        let old = self.addresses();
+        let expected_epoch = Some(self.view().epoch).filter(|&e| e > 0);
+        let body =
+            serde_json::json!({ "addresses": addresses, "expected_epoch": expected_epoch }).to_string();
+        let count = old.len().max(addresses.len());
+        let address_of = |i: usize| if i < old.len() { old[i].clone() } else { addresses[i].clone() };
+        let calls = (0..count).map(|i| {
+            let (address, body) = (address_of(i), body.clone());
+            async move {
+                let reply =
+                    self.call_json(i as u32, &address, Method::POST, "/prepareScale", Some(body)).await?;
+                let v: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+                Ok((i as u32, v["ranges"].as_u64().unwrap_or(0), v["entries"].as_u64().unwrap_or(0)))
+            }
+        });
+        join_all(calls).await.into_iter().collect()
     }
 
     /// Ends a scale on every node of the current view (fails while a node

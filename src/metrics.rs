@@ -35,8 +35,17 @@ pub const STORE_OPS: [&str; 5] = ["put", "put_if", "get", "delete", "io"];
 pub const MOVE_KINDS: [&str; 2] = ["loaded", "handed_off"];
 /// Routes named as themselves in `auth_refusals`; any other path is
 /// `other`, so that probing paths cannot grow the label set.
-pub const REFUSAL_ROUTES: [&str; 8] =
-    ["/put", "/get", "/claim", "/info", "/metrics", "/createSnapshots", "/scale", "/scaleComplete"];
+pub const REFUSAL_ROUTES: [&str; 9] = [
+    "/put",
+    "/get",
+    "/claim",
+    "/info",
+    "/metrics",
+    "/createSnapshots",
+    "/prepareScale",
+    "/scale",
+    "/scaleComplete",
+];
 /// The `reason` label of `auth_refusals`.
 pub const REFUSAL_REASONS: [&str; 3] = ["missing", "unknown", "scope"];
 

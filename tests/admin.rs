@@ -180,11 +180,12 @@ fn an_interrupted_scale_add_resumes_with_the_same_command() {
     // Progress on stderr (one line per change, not a terminal), the summary on stdout.
     for line in [
         "scaling ",
-        "[1/4] snapshotting every range ahead of the move",
-        "[2/4] switching to the new view",
-        "[3/4] waiting for ",
+        "[1/5] snapshotting every range ahead of the move",
+        "[2/5] loading the moving ranges ahead on their new owners",
+        "[3/5] switching to the new view",
+        "[4/5] waiting for ",
         "      loaded ",
-        "[4/4] completing",
+        "[5/5] completing",
     ] {
         assert!(err.lines().any(|l| l.starts_with(line)), "no line {line:?} in:\n{err}");
     }

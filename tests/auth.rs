@@ -86,6 +86,7 @@ fn every_route_with_every_token() {
         ("POST", "/put", keys.clone(), Some(Scope::Write)),
         ("POST", "/claim", keys.clone(), Some(Scope::Write)),
         ("POST", "/createSnapshots", json!({}), Some(Scope::Admin)),
+        ("POST", "/prepareScale", json!({"addresses": [node.addr]}), Some(Scope::Admin)),
         ("POST", "/scale", json!({"addresses": [node.addr]}), Some(Scope::Admin)),
         ("POST", "/scaleComplete", json!({}), Some(Scope::Admin)),
         ("GET", "/no-such-route", json!(null), Some(Scope::Admin)),

@@ -217,6 +217,7 @@ fn fresh_node_has_its_zero_series() {
         "/info",
         "/metrics",
         "/createSnapshots",
+        "/prepareScale",
         "/scale",
         "/scaleComplete",
         "other",

@@ -2,7 +2,8 @@
 //!
 //! A few nodes, a few ranges and the object store, explored exhaustively:
 //! every interleaving of client writes and claims, snapshots, checkpoints,
-//! `local.json` records, restores, loads, handoffs and their reports, view
+//! `local.json` records, restores, loads (also from chains loaded ahead of
+//! the scale, `/prepareScale`), handoffs and their reports, view
 //! refreshes, an operator scaling and calling `scaleComplete` (early too,
 //! repeatedly, on any node), crashes with and without the disk, and
 //! restarts. Every decision a node makes is `keydb::protocol`'s (and the
@@ -139,6 +140,12 @@ struct Node {
     pending_epoch: u8,
     forget: u16,
     disk: Disk,
+    /// Tables loaded ahead of a scale (`/prepareScale`): the chain's ids
+    /// as read then. Kept in memory until the next view adopted.
+    ahead: [Option<Ids>; RANGES],
+    /// A load once started from a table loaded ahead that held ids (for
+    /// the property that shows loading ahead is explored at all).
+    loaded_ahead: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -175,6 +182,9 @@ enum Action {
     RestoreLocal(usize),
     RestoreFromStore(usize, usize),
     LoadStep(usize, usize),
+    /// `/prepareScale`: node `k` loads range `r`'s chain ahead of the next
+    /// scale, which gives it the range (again: what the chain gained since).
+    LoadAhead(usize, usize),
     HandoffStep(usize, usize),
     ReportLoaded(usize, usize),
     ReportHandedOff(usize, usize),
@@ -204,6 +214,8 @@ struct Config {
     crashes: u8,
     disk_losses: u8,
     records: Records,
+    /// The operator loads the moving ranges ahead before each scale.
+    ahead: bool,
 }
 
 /// When the router's `local.json` records reach the disk. The snapshot
@@ -380,7 +392,13 @@ impl KeyDb {
                 AdoptAction::Keep => {}
                 AdoptAction::StartLoading => {
                     // unwrap: a gained range always has a starting state.
-                    node.slots[r] = Some(Slot::new(protocol::at_start(Role::Gained).unwrap(), None));
+                    let mut slot = Slot::new(protocol::at_start(Role::Gained).unwrap(), None);
+                    if let Some(ids) = node.ahead[r] {
+                        slot.table = ids;
+                        slot.dirty = ids;
+                        node.loaded_ahead |= ids != 0;
+                    }
+                    node.slots[r] = Some(slot);
                     if node.wal_open {
                         Self::load_gained(node, r);
                     } else {
@@ -395,6 +413,8 @@ impl KeyDb {
                 }
             }
         }
+        // Tables loaded ahead serve the loads of this view or none.
+        node.ahead = [None; RANGES];
         let dropped = self.retire_drained(node, me);
         self.publish(node, dropped);
     }
@@ -463,6 +483,8 @@ impl KeyDb {
             pending_epoch: 0,
             forget: 0,
             disk: node.disk,
+            ahead: [None; RANGES],
+            loaded_ahead: node.loaded_ahead,
         };
     }
 
@@ -521,6 +543,8 @@ impl Model for KeyDb {
             pending_epoch: 0,
             forget: 0,
             disk: Disk::default(),
+            ahead: [None; RANGES],
+            loaded_ahead: false,
         };
         let mut s = State {
             store_view: view,
@@ -600,6 +624,19 @@ impl Model for KeyDb {
             }
             if !node.wal_open {
                 actions.push(Action::RestoreLocal(k));
+            }
+            // The ranges the next scale of the plan gives this node, as
+            // `/prepareScale` computes them from the node's (stable) view.
+            if let Some(&next) = self.cfg.scales.get(s.scales as usize).filter(|_| self.cfg.ahead) {
+                if node.wal_open && !node.view.scaling {
+                    let after = assignment::owners(self.cfg.ranges, u32::from(next));
+                    for r in self.ranges() {
+                        let fresh = node.ahead[r].is_none_or(|ids| s.store[r].chain & !ids != 0);
+                        if after[r] == k as u32 && !self.owned(node.view, k, r) && fresh {
+                            actions.push(Action::LoadAhead(k, r));
+                        }
+                    }
+                }
             }
             actions.push(Action::Refresh(k));
             if (s.scales as usize) < self.cfg.scales.len() {
@@ -743,6 +780,10 @@ impl Model for KeyDb {
                     return None;
                 }
             }
+            Action::LoadAhead(k, r) => {
+                let ahead = &mut s.nodes[k].ahead[r];
+                *ahead = Some(ahead.unwrap_or(0) | s.store[r].chain);
+            }
             Action::HandoffStep(k, r) => {
                 let node = &mut s.nodes[k];
                 // unwrap: only offered for a held range with a handoff.
@@ -816,7 +857,7 @@ impl Model for KeyDb {
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        vec![
+        let mut properties = vec![
             Property::always(
                 "a range that serves reads holds every acknowledged id",
                 |m: &KeyDb, s: &State| {
@@ -853,7 +894,13 @@ impl Model for KeyDb {
             Property::sometimes("every scale completes", |m: &KeyDb, s: &State| {
                 s.completions as usize == m.cfg.scales.len()
             }),
-        ]
+        ];
+        if self.cfg.ahead {
+            properties.push(Property::sometimes("a load starts from ids loaded ahead", |_, s: &State| {
+                s.nodes.iter().any(|n| n.loaded_ahead)
+            }));
+        }
+        properties
     }
 }
 
@@ -936,12 +983,19 @@ fn grow_then_shrink() -> Config {
         crashes: 1,
         disk_losses: 0,
         records: Records::AtOnce,
+        ahead: false,
     }
 }
 
 #[test]
 fn two_nodes_grow_then_shrink() {
     check("2 nodes, 2 ranges, 1->2->1, 2 writes, 1 crash", grow_then_shrink());
+}
+
+#[test]
+fn two_nodes_loading_ahead() {
+    let cfg = Config { ahead: true, ..grow_then_shrink() };
+    check("2 nodes, 2 ranges, 1->2->1, 2 writes, 1 crash, ranges loaded ahead", cfg);
 }
 
 #[test]

@@ -1161,6 +1161,26 @@ impl Harness {
         next
     }
 
+    /// Before a raw scale from `from` to `to` nodes: nothing, or
+    /// `/prepareScale` on every node for that list, or for another one (a
+    /// node then loads ahead ranges the scale may not give it). Answers are
+    /// not judged: loading ahead only changes when a range serves.
+    fn load_ahead(&mut self, from: usize, to: usize) {
+        let size = match self.rng.below(3) {
+            0 => return,
+            1 => to,
+            _ if to < self.slots.len() && self.rng.below(2) == 0 => to + 1,
+            _ => (to - 1).max(1),
+        };
+        let list = self.slots[..size].to_vec();
+        let mut answers = Vec::new();
+        for addr in &self.slots[..from.max(to)] {
+            let answer = post(addr, "/prepareScale", &json!({"addresses": list}), Duration::from_secs(60));
+            answers.push(answer.map(|(status, body)| (status, body["ranges"].clone())));
+        }
+        self.say(&format!("/prepareScale to {size} nodes (the scale goes to {to}): {answers:?}"));
+    }
+
     /// The scale to `next` is done: nodes that left are stopped.
     fn finish_scale(&mut self, next: Vec<String>) {
         self.layout(vec![next.len()]);
@@ -1300,6 +1320,7 @@ impl Harness {
         let from = self.cur.len();
         let next = self.prepare_scale(to);
         self.snapshot_all();
+        self.load_ahead(from, to);
         std::thread::sleep(Duration::from_millis(gap_ms));
         let everyone: Vec<String> = self.slots[..from.max(to)].to_vec();
         let epoch = info(&self.cur[0]).and_then(|i| i["epoch"].as_u64());

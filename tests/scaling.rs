@@ -380,6 +380,102 @@ async fn kill9_random_node_at_a_random_point_of_a_scale() {
     kill_mid_scale(Victim::Random).await;
 }
 
+/// `/prepareScale` loads the moving ranges' chains on their new owners
+/// ahead of the switch, and asked again what the chains gained since; the
+/// scale then loads only the rest (2 -> 3), or the full segments that
+/// replaced the ones loaded ahead (3 -> 2), and no key is lost either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn loading_ahead_then_scaling_keeps_every_key() {
+    let objects = tempfile::tempdir().unwrap();
+    let env = fs_env(&objects);
+    let all = common::addresses(3);
+    let two = all[..2].to_vec();
+    let mut nodes = start_nodes(&two, 0..2, &env);
+    nodes.extend(start_nodes(&all, 2..3, &env));
+    for n in &mut nodes {
+        n.wait_started();
+    }
+    for n in &mut nodes[..2] {
+        n.wait_ready();
+    }
+    let client = patient(&two);
+    let keys = |tag: &str, n: usize| -> Vec<String> { (0..n).map(|i| format!("{tag}-{i}")).collect() };
+    let mut everything = Vec::new();
+    let range_of = |k: &String| Fingerprint::of(k.as_bytes()).range(128);
+
+    // 2 -> 3: node 2 loads ahead what it gains, then the incremental
+    // segment of what was written after; later writes are in the old
+    // owners' memory alone.
+    let a = keys("a", 20_000);
+    client.put(&a, DAY).await.unwrap();
+    client.create_snapshots(false).await.unwrap();
+    let gains: BTreeSet<u32> = assignment::moves(128, 2, 3).iter().map(|m| m.range).collect();
+    let prepare = |node: &Node, list: &[String]| {
+        let body = serde_json::json!({"addresses": list});
+        let mut answer = (0, serde_json::Value::Null);
+        // 503 until the node has opened its WAL, just after it started.
+        common::wait_until("/prepareScale to answer", Duration::from_secs(30), || {
+            answer = node.post("/prepareScale", &body);
+            answer.0 != 503
+        });
+        answer
+    };
+    let (status, body) = prepare(&nodes[2], &all);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ranges"], gains.len(), "{body}");
+    assert_eq!(body["entries"], a.iter().filter(|k| gains.contains(&range_of(k))).count(), "{body}");
+    let (status, again) = prepare(&nodes[2], &all);
+    assert_eq!((status, &again["entries"]), (200, &serde_json::json!(0)), "nothing new: {again}");
+    let (b, c) = (keys("b", 20_000), keys("c", 5_000));
+    client.put(&b, DAY).await.unwrap();
+    client.create_snapshots(false).await.unwrap();
+    let (status, more) = prepare(&nodes[2], &all);
+    assert_eq!(status, 200, "{more}");
+    assert_eq!(more["entries"], b.iter().filter(|k| gains.contains(&range_of(k))).count(), "{more}");
+    assert_eq!(nodes[2].get_json("/info").1["keys_count"], 0, "what is loaded ahead is not served");
+    client.put(&c, DAY).await.unwrap();
+    client.scale(&all).await.unwrap();
+    let three = patient(&all);
+    common::wait_until("the scale to 3 to complete", Duration::from_secs(60), || {
+        futures_executor_block_on(three.scale_complete()).is_ok()
+    });
+    everything.extend(a.iter().chain(&b).chain(&c).cloned());
+    for chunk in everything.chunks(5000) {
+        assert!(three.get(chunk).await.unwrap().iter().all(|&x| x), "a key is missing after 2 -> 3");
+    }
+    let mine = everything.iter().filter(|k| gains.contains(&range_of(k))).count();
+    assert_eq!(nodes[2].get_json("/info").1["keys_count"], mine);
+    // Every moved range started from its two segments loaded ahead, and
+    // loaded only the handoff's after the switch.
+    let log = nodes[2].log();
+    let ahead = log
+        .lines()
+        .filter(|l| l.contains(": 1 segments loaded") && l.contains(" (2 loaded ahead): 0 entries merged by"))
+        .count();
+    assert_eq!(ahead, gains.len(), "{log}");
+
+    // 3 -> 2: nodes 0 and 1 load ahead, then a full snapshot replaces the
+    // segments they loaded.
+    for node in &nodes[..2] {
+        let (status, body) = prepare(node, &two);
+        assert_eq!(status, 200, "{body}");
+    }
+    let (d, e) = (keys("d", 20_000), keys("e", 5_000));
+    three.put(&d, DAY).await.unwrap();
+    three.create_snapshots(true).await.unwrap();
+    three.put(&e, DAY).await.unwrap();
+    three.scale(&two).await.unwrap();
+    common::wait_until("the scale to 2 to complete", Duration::from_secs(60), || {
+        futures_executor_block_on(client.scale_complete()).is_ok()
+    });
+    everything.extend(d.iter().chain(&e).cloned());
+    for chunk in everything.chunks(5000) {
+        assert!(client.get(chunk).await.unwrap().iter().all(|&x| x), "a key is missing after 3 -> 2");
+    }
+    let held: u64 = nodes[..2].iter().map(|n| n.get_json("/info").1["keys_count"].as_u64().unwrap()).sum();
+    assert_eq!(held, everything.len() as u64);
+}
+
 /// Runs a future to completion from a synchronous condition.
 fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))

@@ -14,6 +14,7 @@ mod router;
 mod snapshot;
 
 pub use crate::protocol::RangeState;
+pub use loader::load_ahead;
 pub use range::{KeyCounts, RangeActor};
 pub use router::{RouteError, RouterActor, RouterDeps};
 pub use snapshot::{RangeSets, SharedRanges, SnapshotActor, SnapshotError};

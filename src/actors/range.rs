@@ -15,7 +15,7 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use crate::clock;
 use crate::gather::RangeUnavailable;
 use crate::messages::{
-    CopyEntries, ForceFullSnapshot, MergeEntries, RangeBatch, RangeOp, Restore, Retire, SnapshotData,
+    CopyEntries, ForceFullSnapshot, MergeTable, RangeBatch, RangeOp, Restore, Retire, SnapshotData,
     TakeSnapshot,
 };
 use crate::segment::SegmentKind;
@@ -209,12 +209,19 @@ impl Handler<CopyEntries> for RangeActor {
     }
 }
 
-impl Handler<MergeEntries> for RangeActor {
+impl Handler<MergeTable> for RangeActor {
     type Result = Result<(), RangeUnavailable>;
 
-    fn handle(&mut self, msg: MergeEntries, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: MergeTable, _: &mut Context<Self>) -> Self::Result {
         let s = self.serving()?;
-        crate::restore::merge_all(&mut s.table, &msg.entries, msg.now);
+        // Only the smaller table's entries are merged here: the bulk of a
+        // load arrives whole and is swapped in.
+        let mut smaller = msg.table;
+        if smaller.len() > s.table.len() {
+            std::mem::swap(&mut s.table, &mut smaller);
+        }
+        let entries: Vec<(TableKey, Expiry)> = smaller.iter().collect();
+        crate::restore::merge_all(&mut s.table, &entries, msg.now);
         self.count();
         Ok(())
     }

@@ -7,11 +7,18 @@
 //! drain. Every decision about a range is [`crate::protocol`]'s; the router
 //! carries them out. It does no I/O and holds no keys; fan-outs, loads and
 //! handoffs run outside the actor.
+//!
+//! It also keeps the tables `/prepareScale` loaded ahead of a scale (the
+//! range chains as they were then), not served and not in any snapshot,
+//! until the next view it adopts: a range gained there starts its load
+//! from its table, the others are dropped. Such a table only holds entries
+//! of the range's own chain, which the load merges anyway, so it changes
+//! when the range serves, never what it answers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, MessageResult, ResponseFuture};
 
@@ -21,12 +28,13 @@ use crate::backoff::Backoff;
 use crate::clock;
 use crate::gather::{Gather, GatherError};
 use crate::messages::{
-    AdoptView, CheckpointRange, GetInfo, GetNotServing, GetStoredView, HandedOff, Handoff, RangeBatch,
-    RangeLoaded, RangeOnDisk, RangeOp, RangesRestored, RecordLocal, Retire, Route, Routed,
+    AdoptView, CheckpointRange, GetInfo, GetNotServing, GetStoredView, HandedOff, Handoff, PrepareRanges,
+    RangeAhead, RangeBatch, RangeLoaded, RangeOnDisk, RangeOp, RangesRestored, RecordLocal, Retire, Route,
+    Routed,
 };
 use crate::protocol::{self, Access, Admission, AdoptAction, Next, Range, RangeState, Role, StartFrom};
 use crate::store::ObjectStore;
-use crate::table::TableKey;
+use crate::table::{RangeTable, TableKey};
 use crate::view::{ClusterState, ClusterView, StoredView, ViewWire};
 use crate::wal::Wal;
 use crate::wire::Info;
@@ -39,6 +47,8 @@ const RETRY_AFTER_SECS: u32 = 1;
 const FIRST_HANDOFF_RETRY: Duration = Duration::from_millis(200);
 const MAX_HANDOFF_RETRY: Duration = Duration::from_secs(30);
 const HANDOFF_JITTER: f64 = 0.5;
+/// A table loaded ahead that no scale has used by then is dropped.
+const AHEAD_FOR: Duration = Duration::from_secs(600);
 
 /// Why a batch was refused or failed as a whole.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,6 +73,28 @@ pub enum RouteError {
 struct Slot {
     addr: Addr<RangeActor>,
     range: Range,
+    /// What was loaded ahead beyond its table, for its loader to merge
+    /// first, and the segments loaded ahead, for it to skip.
+    ahead: Loaded,
+}
+
+/// Tables loaded ahead for one range (the first is its chain then, the
+/// others what a later `/prepareScale` found added), and the segments in
+/// them.
+#[derive(Default)]
+pub struct Loaded {
+    pub tables: Vec<RangeTable>,
+    pub segments: HashSet<String>,
+}
+
+/// What `/prepareScale` loaded ahead of a scale for a range, for the list
+/// it was loaded for.
+struct Ahead {
+    addresses: Vec<String>,
+    at: Instant,
+    loaded: Loaded,
+    /// A load of it is under way.
+    busy: bool,
 }
 
 /// What the router needs to start ranges, loads and handoffs.
@@ -94,6 +126,9 @@ pub struct RouterActor {
     /// A re-read of `cluster.json` asked for by a client with a newer view
     /// is under way.
     refreshing: Arc<std::sync::atomic::AtomicBool>,
+    /// Tables loaded (or being loaded) ahead of a scale, by range; emptied
+    /// at every view adopted.
+    ahead: HashMap<u32, Ahead>,
 }
 
 impl RouterActor {
@@ -104,7 +139,7 @@ impl RouterActor {
         let mut table: Vec<Option<Slot>> = (0..total).map(|_| None).collect();
         for (range, addr, state) in slots {
             debug_assert_eq!(state.state, RangeState::Restoring);
-            table[range as usize] = Some(Slot { addr, range: state });
+            table[range as usize] = Some(Slot { addr, range: state, ahead: Loaded::default() });
         }
         let view = ClusterView::new(stored.wire());
         RouterActor {
@@ -116,6 +151,7 @@ impl RouterActor {
             gained_early: Vec::new(),
             next_arbiter: 0,
             refreshing: Arc::default(),
+            ahead: HashMap::new(),
         }
     }
 
@@ -189,12 +225,16 @@ impl RouterActor {
         RangeActor::start_in_arbiter(arbiter, move |_| RangeActor::new(range, counts))
     }
 
-    /// Gives a range gained while running an empty table, and starts the
-    /// loader that merges the object store's chain into it.
-    fn load_gained(&mut self, range: u32, wal: Wal, ctx: &mut Context<Self>) {
+    /// Gives a range gained while running its table (empty, or the first
+    /// loaded ahead), and starts the loader that merges the rest of what was
+    /// loaded ahead and of the object store's chain into it.
+    fn load_gained(&mut self, range: u32, wal: Wal, mut ahead: Loaded, ctx: &mut Context<Self>) {
         let Some(slot) = &mut self.slots[range as usize] else { return };
         let force_full = StartFrom::DiskThenLoad.first_snapshot_full(false);
-        slot.addr.do_send(crate::messages::Restore { table: Default::default(), wal, force_full });
+        let table = if ahead.tables.is_empty() { RangeTable::new() } else { ahead.tables.remove(0) };
+        // do_send: the actor was just started, its mailbox is empty.
+        slot.addr.do_send(crate::messages::Restore { table, wal, force_full });
+        slot.ahead = ahead;
         let next = slot.range.restored(false);
         self.run(range, next, ctx);
     }
@@ -210,7 +250,8 @@ impl RouterActor {
     }
 
     fn begin_loading(&mut self, range: u32, ctx: &mut Context<Self>) {
-        let Some(slot) = &self.slots[range as usize] else { return };
+        let Some(slot) = &mut self.slots[range as usize] else { return };
+        let Loaded { tables, segments } = std::mem::take(&mut slot.ahead);
         let task = loader::load_range(
             loader::LoadJob {
                 store: self.deps.store.clone(),
@@ -219,6 +260,8 @@ impl RouterActor {
                 epoch: self.stored.epoch,
                 cluster_id: self.stored.cluster_id.clone(),
                 node_id: self.deps.node_id,
+                merged: segments,
+                ahead: tables,
             },
             slot.addr.clone(),
             ctx.address(),
@@ -302,13 +345,21 @@ impl RouterActor {
             self.stored.epoch,
             self.stored.cluster_id.clone(),
         );
+        let handoff = move || Handoff { range, addr: addr.clone(), epoch, cluster_id: cluster_id.clone() };
+        // Queued now, ahead of the `local.json` record this view change
+        // makes next, whose write the snapshot actor waits for: the handoff
+        // bounds how long the range answers 503 on its new owner.
+        let mut first = Some(snapshots.send(handoff()));
         actix::spawn(async move {
             let mut backoff =
                 Backoff::new(FIRST_HANDOFF_RETRY, MAX_HANDOFF_RETRY).with_jitter(HANDOFF_JITTER);
             loop {
-                let handoff = Handoff { range, addr: addr.clone(), epoch, cluster_id: cluster_id.clone() };
                 let delay = backoff.next_delay();
-                match snapshots.send(handoff).await {
+                let sent = match first.take() {
+                    Some(request) => request.await,
+                    None => snapshots.send(handoff()).await,
+                };
+                match sent {
                     Ok(Ok(())) => break,
                     Ok(Err(e)) => log::warn!("handoff of range {range} failed (retrying in {delay:?}): {e}"),
                     Err(e) => log::warn!("handoff of range {range}: snapshot actor unreachable: {e}"),
@@ -522,7 +573,7 @@ impl Handler<RangesRestored> for RouterActor {
         if self.wal.is_none() {
             self.wal = Some(msg.wal.clone());
             for range in std::mem::take(&mut self.gained_early) {
-                self.load_gained(range, msg.wal.clone(), ctx);
+                self.load_gained(range, msg.wal.clone(), Default::default(), ctx);
             }
         }
         for range in msg.ranges {
@@ -575,6 +626,8 @@ impl Handler<AdoptView> for RouterActor {
         }
         self.stored = next;
         self.view = ClusterView::new(self.stored.wire());
+        // Tables loaded ahead serve the loads of this view or none.
+        let mut ahead = std::mem::take(&mut self.ahead);
         for (range, role) in (0..self.slots.len() as u32).zip(roles) {
             let held = self.slots[range as usize].as_ref().map(|s| &s.range);
             match protocol::on_adopt(held, role) {
@@ -587,9 +640,10 @@ impl Handler<AdoptView> for RouterActor {
                     let addr = self.start_range(range);
                     // unwrap: a gained range always has a starting state.
                     let state = protocol::at_start(Role::Gained).unwrap();
-                    self.slots[range as usize] = Some(Slot { addr, range: state });
+                    self.slots[range as usize] = Some(Slot { addr, range: state, ahead: Loaded::default() });
+                    let loaded = ahead.remove(&range).map(|a| a.loaded).unwrap_or_default();
                     match self.wal.clone() {
-                        Some(wal) => self.load_gained(range, wal, ctx),
+                        Some(wal) => self.load_gained(range, wal, loaded, ctx),
                         None => self.gained_early.push(range),
                     }
                 }
@@ -636,6 +690,80 @@ impl Handler<RangeOnDisk> for RouterActor {
         slot.range.checkpointed();
         log::debug!("range {}: complete on disk", msg.range);
         self.publish(Vec::new());
+    }
+}
+
+impl Handler<PrepareRanges> for RouterActor {
+    type Result = Result<Vec<(u32, HashSet<String>)>, RouteError>;
+
+    fn handle(&mut self, msg: PrepareRanges, ctx: &mut Context<Self>) -> Self::Result {
+        if self.wal.is_none() {
+            return Err(self.unavailable("this node is still restoring its ranges".into()));
+        }
+        if self.stored.epoch != msg.epoch || self.stored.state != ClusterState::Stable {
+            return Ok(Vec::new());
+        }
+        let (total, node) = (self.stored.total_hash_ranges, self.deps.node_id);
+        let after = crate::assignment::owners(total, msg.addresses.len() as u32);
+        let now = self.view.owners();
+        let gained: Vec<u32> =
+            (0..total).filter(|&r| after[r as usize] == node && now[r as usize] != node).collect();
+        // Loaded ahead for another list: of no use to this one.
+        self.ahead.retain(|r, a| a.addresses == msg.addresses && gained.contains(r));
+        let mut todo = Vec::new();
+        for range in gained {
+            let entry = self.ahead.entry(range).or_insert_with(|| Ahead {
+                addresses: msg.addresses.clone(),
+                at: Instant::now(),
+                loaded: Loaded::default(),
+                busy: false,
+            });
+            if !entry.busy {
+                entry.busy = true;
+                todo.push((range, entry.loaded.segments.clone()));
+            }
+        }
+        if !todo.is_empty() {
+            ctx.run_later(AHEAD_FOR, |actor, _| {
+                let before = actor.ahead.len();
+                actor.ahead.retain(|_, a| a.at.elapsed() < AHEAD_FOR);
+                if actor.ahead.len() < before {
+                    log::info!(
+                        "dropped {} tables loaded ahead of a scale that has not come",
+                        before - actor.ahead.len()
+                    );
+                }
+            });
+        }
+        Ok(todo)
+    }
+}
+
+impl Handler<RangeAhead> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RangeAhead, _: &mut Context<Self>) {
+        let current = self.stored.epoch == msg.epoch && self.stored.state == ClusterState::Stable;
+        let Some(entry) = self.ahead.get_mut(&msg.range) else { return };
+        // The view moved on meanwhile (then it was emptied), or another list
+        // was prepared since.
+        if !current || entry.addresses != msg.addresses || !entry.busy {
+            return;
+        }
+        entry.busy = false;
+        match msg.loaded {
+            Some((table, segments)) => {
+                if !table.is_empty() {
+                    entry.loaded.tables.push(table);
+                }
+                entry.loaded.segments.extend(segments);
+            }
+            // What was loaded before still holds.
+            None if !entry.loaded.segments.is_empty() => {}
+            None => {
+                self.ahead.remove(&msg.range);
+            }
+        }
     }
 }
 

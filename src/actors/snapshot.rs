@@ -537,7 +537,7 @@ async fn checkpoint(job: SnapshotDeps, data_dir: PathBuf, wal: Wal) -> Result<us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::{AllRestored, MergeEntries, Restore};
+    use crate::messages::{AllRestored, MergeTable, Restore};
     use crate::table::{RangeTable, TableKey};
 
     fn entries(range: u64, n: u64, expiry: u32) -> Vec<(TableKey, u32)> {
@@ -585,7 +585,9 @@ mod tests {
         // A change to range 2 alone: one incremental segment on top.
         let range2 = read(&ranges).serving[1].1.clone();
         let more = entries(2, 1500, expiry)[1000..].to_vec();
-        range2.send(MergeEntries { entries: more, now: 0 }).await.unwrap().unwrap();
+        let mut table = RangeTable::new();
+        restore::merge_all(&mut table, &more, 0);
+        range2.send(MergeTable { table, now: 0 }).await.unwrap().unwrap();
         let second = actor.send(CreateSnapshots { full: false }).await.unwrap().unwrap();
         assert_eq!((second.segments, second.entries), (1, 500));
 

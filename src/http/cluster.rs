@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{ApiError, AppState, Conflict, State};
 use crate::layout::{self, VIEW_KEY};
-use crate::messages::{AdoptView, GetStoredView};
+use crate::messages::{AdoptView, GetStoredView, PrepareRanges, RangeAhead};
 use crate::protocol;
 use crate::settings::valid_address_list;
 use crate::store::CasOutcome;
@@ -144,6 +144,92 @@ pub async fn scale(
     }
     let epoch = state.router.send(AdoptView { view }).await.map_err(internal)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": epoch})))
+}
+
+/// `POST /prepareScale {"addresses": [...]}`: loads ahead the ranges this
+/// node would gain if the cluster went to `addresses` (their chains as they
+/// are now, off the serving threads and at a low priority), so that the
+/// scale that follows loads only what was written since. Changes nothing
+/// else; asked again, it loads only the segments added since.
+pub async fn prepare_scale(
+    req: actix_web::HttpRequest,
+    state: State,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    use futures_util::stream::{self, StreamExt};
+    let body = super::data::read_body(&req, body, state.max_body_bytes).await?;
+    let body: ScaleBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let next = body.addresses;
+    if !valid_address_list(&next) {
+        return Err(ApiError::BadRequest("addresses must be a non-empty list of distinct host:port".into()));
+    }
+    let current = state.router.send(GetStoredView).await.map_err(internal)?;
+    if body.expected_epoch.is_some_and(|e| e != current.epoch) {
+        return Err(ApiError::Conflict {
+            kind: Conflict::StaleView,
+            message: format!("the cluster is at epoch {}: read /info and decide again", current.epoch),
+        });
+    }
+    if current.state == ClusterState::Scaling {
+        return Err(ApiError::Conflict {
+            kind: Conflict::ScaleInProgress,
+            message: format!("epoch {} is still scaling: finish it with scaleComplete first", current.epoch),
+        });
+    }
+    let total = current.total_hash_ranges;
+    if next.len() > total as usize
+        || !(next.starts_with(&current.addresses) || current.addresses.starts_with(&next))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the new list must keep the current nodes first, in order ({:?}), with at most {total} nodes",
+            current.addresses
+        )));
+    }
+    let epoch = current.epoch;
+    let ranges = state
+        .router
+        .send(PrepareRanges { addresses: next.clone(), epoch })
+        .await
+        .map_err(internal)?
+        .map_err(ApiError::from)?;
+    let started = std::time::Instant::now();
+    // Half the cores at most, like snapshots: the ranges keep serving.
+    let parallel = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+    let count = ranges.len();
+    let results: Vec<Result<u64, String>> = stream::iter(ranges)
+        .map(|(range, skip)| {
+            let (store, router, addresses) = (state.store.clone(), state.router.clone(), next.clone());
+            async move {
+                let (loaded, result) = match crate::actors::load_ahead(&store, range, total, &skip).await {
+                    Ok((table, names, entries)) => (Some((table, names)), Ok(entries)),
+                    Err(e) => (None, Err(format!("range {range}: {e}"))),
+                };
+                // A router gone means the node is stopping; the answer says enough.
+                let _ = router.send(RangeAhead { range, addresses, epoch, loaded }).await;
+                result
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    if let Some(first) = failed.first() {
+        return Err(store_unavailable(
+            &state,
+            format!("{} of {count} ranges not loaded ahead, e.g. {first}", failed.len()),
+        )
+        .await);
+    }
+    let entries: u64 = results.iter().filter_map(|r| r.as_ref().ok()).sum();
+    log::info!(
+        "loaded {count} ranges ({entries} entries) ahead of a scale to {} nodes in {} ms",
+        next.len(),
+        started.elapsed().as_millis()
+    );
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "success": true, "node_id": state.node_id, "ranges": count, "entries": entries,
+    })))
 }
 
 /// `POST /scaleComplete`.

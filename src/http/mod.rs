@@ -152,6 +152,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "GET, HEAD",
         ))
         .service(only(web::resource("/createSnapshots").route(web::post().to(ops::create_snapshots)), "POST"))
+        .service(only(web::resource("/prepareScale").route(web::post().to(cluster::prepare_scale)), "POST"))
         .service(only(web::resource("/scale").route(web::post().to(cluster::scale)), "POST"))
         .service(only(web::resource("/scaleComplete").route(web::post().to(cluster::scale_complete)), "POST"))
         .default_service(web::to(ops::not_found));

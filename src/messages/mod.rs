@@ -10,11 +10,11 @@ mod router;
 mod snapshot;
 
 pub use range::{
-    CopyEntries, ForceFullSnapshot, MergeEntries, RangeBatch, RangeOp, Restore, Retire, SnapshotData,
+    CopyEntries, ForceFullSnapshot, MergeTable, RangeBatch, RangeOp, Restore, Retire, SnapshotData,
     TakeSnapshot,
 };
 pub use router::{
-    AdoptView, GetInfo, GetNotServing, GetStoredView, HandedOff, RangeLoaded, RangeOnDisk, RangesRestored,
-    Route, RouteKind, Routed,
+    AdoptView, GetInfo, GetNotServing, GetStoredView, HandedOff, PrepareRanges, RangeAhead, RangeLoaded,
+    RangeOnDisk, RangesRestored, Route, RouteKind, Routed,
 };
 pub use snapshot::{AllRestored, CheckpointRange, CreateSnapshots, Handoff, RecordLocal, SnapshotReport};

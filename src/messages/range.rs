@@ -81,12 +81,20 @@ pub struct CopyEntries {
     pub now: u32,
 }
 
-/// Merges entries read from the object store into a loading range.
-#[derive(Debug, Message)]
+/// Merges a table read from the object store into a loading range (built
+/// off the actor's thread; the actor keeps the larger of the two tables
+/// and merges the smaller into it).
+#[derive(Message)]
 #[rtype(result = "Result<(), RangeUnavailable>")]
-pub struct MergeEntries {
-    pub entries: Vec<(TableKey, Expiry)>,
+pub struct MergeTable {
+    pub table: RangeTable,
     pub now: u32,
+}
+
+impl std::fmt::Debug for MergeTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MergeTable").field("keys", &self.table.len()).field("now", &self.now).finish()
+    }
 }
 
 /// The range left this node for good (after `scaleComplete`): stop and free

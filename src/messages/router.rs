@@ -119,3 +119,38 @@ pub struct RangeOnDisk {
     /// The actor that was checkpointed.
     pub addr: actix::Addr<crate::actors::RangeActor>,
 }
+
+/// `/prepareScale`: this node is to load ahead the ranges it would gain if
+/// the view of `epoch` (stable) went to `addresses`. Reply: the ranges to
+/// load now, each with the segments loaded ahead for it already (a range
+/// being loaded is left out), or why none can be (the WAL is not open
+/// yet). Empty if the router is no longer on that view.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<(u32, std::collections::HashSet<String>)>, RouteError>")]
+pub struct PrepareRanges {
+    pub addresses: Vec<String>,
+    pub epoch: u64,
+}
+
+/// What was loaded ahead for a range for `addresses` under `epoch`: a
+/// table of the segments not loaded before, and their names (`None`: the
+/// load failed). The router keeps it for the load of the range if it is
+/// still on that view; it drops it at the next view it adopts otherwise.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RangeAhead {
+    pub range: u32,
+    pub addresses: Vec<String>,
+    pub epoch: u64,
+    pub loaded: Option<(crate::table::RangeTable, std::collections::HashSet<String>)>,
+}
+
+impl std::fmt::Debug for RangeAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeAhead")
+            .field("range", &self.range)
+            .field("epoch", &self.epoch)
+            .field("keys", &self.loaded.as_ref().map(|(t, _)| t.len()))
+            .finish()
+    }
+}

@@ -1,6 +1,8 @@
-//! Scaling a cluster online: snapshot every range ahead of the move, switch
-//! every node to the new view, wait until every moved range is handed off
-//! and loaded, then complete the scale on every node.
+//! Scaling a cluster online: snapshot every range ahead of the move, have
+//! the new owners load the moving ranges ahead (twice: the chains, then
+//! what a second snapshot added), switch every node to the new view, wait
+//! until every moved range is handed off and loaded, then complete the
+//! scale on every node.
 //!
 //! Every step is idempotent, so a failed or interrupted scale is resumed by
 //! running it again with the same target (see [`Resume`]). A step that
@@ -130,12 +132,20 @@ pub enum Event<'a> {
     /// Step 1 starts.
     Snapshotting,
     /// Step 2 starts.
+    LoadingAhead,
+    /// Step 2: a node loaded `ranges` ranges (`entries` entries) ahead, of
+    /// `what` (the chains, or what was written meanwhile).
+    LoadedAhead { what: &'static str, node: u32, ranges: u64, entries: u64 },
+    /// Step 2 could not load ahead (a node is down, or older): the ranges
+    /// load whole after the switch.
+    NotLoadedAhead(&'a ClientError),
+    /// Step 3 starts.
     Switching,
-    /// Step 3 starts: the new view has `epoch`.
+    /// Step 4 starts: the new view has `epoch`.
     Waiting { moved: usize, epoch: u64 },
-    /// One survey of step 3.
+    /// One survey of step 4.
     Progress(&'a Progress),
-    /// Step 4 starts.
+    /// Step 5 starts.
     Completing,
     /// A step failed for a reason that may pass; it runs again.
     Retrying(&'a ClientError),
@@ -147,13 +157,20 @@ impl std::fmt::Display for Event<'_> {
             Event::Planned { from, to, moved, total_hash_ranges } => {
                 write!(f, "scaling {from} -> {to} nodes: {moved} of {total_hash_ranges} ranges move")
             }
-            Event::Snapshotting => f.write_str("[1/4] snapshotting every range ahead of the move"),
-            Event::Switching => f.write_str("[2/4] switching to the new view"),
+            Event::Snapshotting => f.write_str("[1/5] snapshotting every range ahead of the move"),
+            Event::LoadingAhead => f.write_str("[2/5] loading the moving ranges ahead on their new owners"),
+            Event::LoadedAhead { what, node, ranges, entries } => {
+                write!(f, "      {what}: node {node}, {ranges} ranges, {entries} entries")
+            }
+            Event::NotLoadedAhead(e) => {
+                write!(f, "      not loaded ahead ({e}); the ranges load whole after the switch")
+            }
+            Event::Switching => f.write_str("[3/5] switching to the new view"),
             Event::Waiting { moved, epoch } => {
-                write!(f, "[3/4] waiting for {moved} ranges to be handed off and loaded (epoch {epoch})")
+                write!(f, "[4/5] waiting for {moved} ranges to be handed off and loaded (epoch {epoch})")
             }
             Event::Progress(p) => write!(f, "{p}"),
-            Event::Completing => f.write_str("[4/4] completing"),
+            Event::Completing => f.write_str("[5/5] completing"),
             Event::Retrying(e) => write!(f, "      retrying: {e}"),
         }
     }
@@ -171,9 +188,11 @@ pub struct Report {
     pub started_at: SystemTime,
     /// Step 1.
     pub snapshot: Duration,
-    /// Steps 2 and 3: switching, handing off and loading.
+    /// Step 2: loading ahead.
+    pub prepare: Duration,
+    /// Steps 3 and 4: switching, handing off and loading.
     pub handoff: Duration,
-    /// Of those, step 2 alone.
+    /// Of those, step 3 alone.
     pub switch: Duration,
     /// Everything.
     pub total: Duration,
@@ -240,7 +259,7 @@ impl<'a> Scale<'a> {
         everyone
     }
 
-    /// All four steps.
+    /// All five steps.
     pub async fn run(mut self) -> Result<Report, OperatorError> {
         (self.events)(Event::Planned {
             from: self.old.len(),
@@ -250,6 +269,8 @@ impl<'a> Scale<'a> {
         });
         self.snapshot().await?;
         let snapshot = self.started.elapsed();
+        self.load_ahead().await?;
+        let prepared = self.started.elapsed();
         let epoch = self.switch().await?;
         let switched = self.started.elapsed();
         self.wait_for_handoffs(epoch).await?;
@@ -262,8 +283,9 @@ impl<'a> Scale<'a> {
             ranges_moved: self.moved,
             started_at: self.started_at,
             snapshot,
-            handoff: moved_at - snapshot,
-            switch: switched - snapshot,
+            prepare: prepared - snapshot,
+            handoff: moved_at - prepared,
+            switch: switched - prepared,
             total: self.started.elapsed(),
         })
     }
@@ -276,14 +298,47 @@ impl<'a> Scale<'a> {
         self.retrying(1, "createSnapshots", false, || client.create_snapshots(false)).await.map(|_| ())
     }
 
-    /// Step 2: every node adopts the new view; returns its epoch.
+    /// Step 2: the new owners load the moving ranges' chains ahead
+    /// (`/prepareScale`), then a second snapshot takes what was written
+    /// meanwhile and they load that too, which leaves the handoffs and the
+    /// loads after the switch only what comes after. It only shortens the
+    /// switch: if a node cannot (or an older node does not know the call),
+    /// the ranges load whole after it.
+    pub async fn load_ahead(&mut self) -> Result<(), OperatorError> {
+        (self.events)(Event::LoadingAhead);
+        if !self.prepare("the chains").await {
+            return Ok(());
+        }
+        let client = self.client;
+        self.retrying(2, "createSnapshots", false, || client.create_snapshots(false)).await?;
+        self.prepare("written meanwhile").await;
+        Ok(())
+    }
+
+    /// One `/prepareScale` on every node; whether every node loaded ahead.
+    async fn prepare(&mut self, what: &'static str) -> bool {
+        match self.client.prepare_scale(&self.next).await {
+            Ok(per_node) => {
+                for (node, ranges, entries) in per_node.into_iter().filter(|(_, r, _)| *r > 0) {
+                    (self.events)(Event::LoadedAhead { what, node, ranges, entries });
+                }
+                true
+            }
+            Err(e) => {
+                (self.events)(Event::NotLoadedAhead(&e));
+                false
+            }
+        }
+    }
+
+    /// Step 3: every node adopts the new view; returns its epoch.
     pub async fn switch(&mut self) -> Result<u64, OperatorError> {
         (self.events)(Event::Switching);
         let (client, next) = (self.client, self.next.clone());
-        self.retrying(2, "scale", false, || client.scale(&next)).await
+        self.retrying(3, "scale", false, || client.scale(&next)).await
     }
 
-    /// Step 3: waits until no node of `epoch` loads or drains a range and
+    /// Step 4: waits until no node of `epoch` loads or drains a range and
     /// every node answers on that epoch.
     pub async fn wait_for_handoffs(&mut self, epoch: u64) -> Result<(), OperatorError> {
         (self.events)(Event::Waiting { moved: self.moved, epoch });
@@ -336,12 +391,12 @@ impl<'a> Scale<'a> {
         }
     }
 
-    /// Step 4: completes the scale on every node, old and new.
+    /// Step 5: completes the scale on every node, old and new.
     pub async fn complete(&mut self) -> Result<(), OperatorError> {
         (self.events)(Event::Completing);
         let client = self.client;
         for address in self.everyone() {
-            self.retrying(4, "scaleComplete", true, || client.scale_complete_at(&address)).await?;
+            self.retrying(5, "scaleComplete", true, || client.scale_complete_at(&address)).await?;
         }
         Ok(())
     }

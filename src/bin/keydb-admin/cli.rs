@@ -79,8 +79,10 @@ pub enum Command {
         #[arg(long, value_parser = parse_scope)]
         scope: keydb::auth::Scope,
     },
-    /// Scale the cluster online: createSnapshots, scale, wait for every
-    /// range to be handed off and loaded, scaleComplete.
+    /// Scale the cluster online: createSnapshots, prepareScale (the new
+    /// owners load the moving ranges ahead), createSnapshots and
+    /// prepareScale again (what was written meanwhile), scale, wait for
+    /// every range to be handed off and loaded, scaleComplete.
     Scale {
         /// The complete new address list (current nodes first, in order).
         #[arg(long, num_args = 1.., value_delimiter = ',', conflicts_with_all = ["add", "remove"])]

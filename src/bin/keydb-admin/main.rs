@@ -364,28 +364,31 @@ async fn scale(cli: &Cli, target: &Target, timeout: Duration) -> Result<()> {
         // When each step ended, in Unix milliseconds, to line up with other records.
         let start = report.started_at.duration_since(UNIX_EPOCH).unwrap_or_default();
         let unix_ms = |at: Duration| (start + at).as_secs_f64() * 1000.0;
-        let moved_at = report.snapshot + report.handoff;
+        let prepared = report.snapshot + report.prepare;
+        let moved_at = prepared + report.handoff;
         print_json(&serde_json::json!({
             "success": true, "epoch": report.epoch, "from": report.from, "to": report.to,
             "ranges_moved": report.ranges_moved, "snapshot_seconds": report.snapshot.as_secs_f64(),
-            "switch_seconds": report.switch.as_secs_f64(), "move_seconds": report.handoff.as_secs_f64(),
+            "prepare_seconds": report.prepare.as_secs_f64(), "switch_seconds": report.switch.as_secs_f64(),
+            "move_seconds": report.handoff.as_secs_f64(),
             "complete_seconds": (report.total - moved_at).as_secs_f64(),
             "total_seconds": report.total.as_secs_f64(),
             "unix_ms": {
                 "started": unix_ms(Duration::ZERO), "snapshotted": unix_ms(report.snapshot),
-                "switched": unix_ms(report.snapshot + report.switch), "moved": unix_ms(moved_at),
-                "completed": unix_ms(report.total),
+                "prepared": unix_ms(prepared), "switched": unix_ms(prepared + report.switch),
+                "moved": unix_ms(moved_at), "completed": unix_ms(report.total),
             },
         }));
     } else {
         println!(
-            "scaled {} -> {} nodes (epoch {}): {} ranges moved in {:.1}s (snapshot {:.1}s, handoff and load {:.1}s)",
+            "scaled {} -> {} nodes (epoch {}): {} ranges moved in {:.1}s (snapshot {:.1}s, load ahead {:.1}s, switch, handoff and load {:.1}s)",
             report.from,
             report.to,
             report.epoch,
             report.ranges_moved,
             report.total.as_secs_f64(),
             report.snapshot.as_secs_f64(),
+            report.prepare.as_secs_f64(),
             report.handoff.as_secs_f64()
         );
     }
