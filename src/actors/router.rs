@@ -82,9 +82,9 @@ struct Slot {
 /// others what a later `/prepareScale` found added), and the segments in
 /// them.
 #[derive(Default)]
-pub struct Loaded {
-    pub tables: Vec<RangeTable>,
-    pub segments: HashSet<String>,
+struct Loaded {
+    tables: Vec<RangeTable>,
+    segments: HashSet<String>,
 }
 
 /// What `/prepareScale` loaded ahead of a scale for a range, for the list

@@ -197,22 +197,30 @@ pub async fn prepare_scale(
     // Half the cores at most, like snapshots: the ranges keep serving.
     let parallel = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
     let count = ranges.len();
-    let results: Vec<Result<u64, String>> = stream::iter(ranges)
-        .map(|(range, skip)| {
-            let (store, router, addresses) = (state.store.clone(), state.router.clone(), next.clone());
-            async move {
-                let (loaded, result) = match crate::actors::load_ahead(&store, range, total, &skip).await {
-                    Ok((table, names, entries)) => (Some((table, names)), Ok(entries)),
-                    Err(e) => (None, Err(format!("range {range}: {e}"))),
-                };
-                // A router gone means the node is stopping; the answer says enough.
-                let _ = router.send(RangeAhead { range, addresses, epoch, loaded }).await;
-                result
-            }
-        })
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
+    let (store, router, list) = (state.store.clone(), state.router.clone(), next.clone());
+    // A task of its own, which a caller that hangs up does not stop: every
+    // range it took on is reported to the router, or it would stay "being
+    // loaded" until the next view.
+    let loading = actix_web::rt::spawn(async move {
+        stream::iter(ranges)
+            .map(|(range, skip)| {
+                let (store, router, addresses) = (store.clone(), router.clone(), list.clone());
+                async move {
+                    let (loaded, result) = match crate::actors::load_ahead(&store, range, total, &skip).await
+                    {
+                        Ok((table, names, entries)) => (Some((table, names)), Ok(entries)),
+                        Err(e) => (None, Err(format!("range {range}: {e}"))),
+                    };
+                    // A router gone means the node is stopping; the answer says enough.
+                    let _ = router.send(RangeAhead { range, addresses, epoch, loaded }).await;
+                    result
+                }
+            })
+            .buffer_unordered(parallel)
+            .collect::<Vec<Result<u64, String>>>()
+            .await
+    });
+    let results = loading.await.map_err(internal)?;
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     if let Some(first) = failed.first() {
         return Err(store_unavailable(
