@@ -20,7 +20,7 @@ use futures_util::stream::{self, StreamExt};
 use crate::actors::RangeActor;
 use crate::backoff::Backoff;
 use crate::clock;
-use crate::layout::{self, manifest_key, segment_key};
+use crate::layout::{self, manifest_key, segment_key, VIEW_KEY};
 use crate::messages::{
     AllRestored, CheckpointRange, CopyEntries, CreateSnapshots, ForceFullSnapshot, Handoff, RecordLocal,
     SnapshotReport, TakeSnapshot,
@@ -51,6 +51,15 @@ pub enum SnapshotError {
     NotReady(u32),
     #[error("the manifest of range {0} was changed by another writer meanwhile; retry later")]
     Conflict(u32),
+    /// The range has no manifest and the store no `cluster.json`: the store
+    /// was replaced, emptied or unmounted under the node. A manifest written
+    /// from nothing there would name only the newest segment, and whoever
+    /// restores or loads the range from it would miss the rest.
+    #[error(
+        "range {0}: the object store has no {VIEW_KEY} (replaced, emptied or not mounted); no manifest is \
+         started from nothing there; retry once the store is back"
+    )]
+    StoreGone(u32),
     #[error("{0}")]
     Internal(String),
 }
@@ -431,7 +440,12 @@ async fn write_segment(
     let (manifest, version) =
         match layout::read_manifest_versioned(&job.store, range, job.total_hash_ranges).await {
             Ok(Some((m, version))) => (m, Some(version)),
-            Ok(None) => (Manifest::empty(range, job.total_hash_ranges), None),
+            Ok(None) => match layout::read_view(&job.store).await {
+                Ok(Some(_)) => (Manifest::empty(range, job.total_hash_ranges), None),
+                Ok(None) => return Err(SnapshotError::StoreGone(range)),
+                Err(restore::RestoreError::Store(e)) => return Err(store_err(e)),
+                Err(e) => return Err(SnapshotError::Internal(e.to_string())),
+            },
             Err(restore::RestoreError::Store(e)) => return Err(store_err(e)),
             Err(e) => return Err(SnapshotError::Internal(e.to_string())),
         };
@@ -557,6 +571,15 @@ mod tests {
         let settings =
             Settings::from_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap();
         let store = ObjectStore::Fs(crate::store::FsStore::new(dir.path().to_path_buf()));
+        let view = crate::view::StoredView {
+            epoch: 1,
+            addresses: vec!["a:1".into()],
+            total_hash_ranges: 4,
+            state: crate::view::ClusterState::Stable,
+            previous_addresses: None,
+            cluster_id: "test".into(),
+        };
+        store.put(VIEW_KEY, serde_json::to_vec(&view).unwrap()).await.unwrap();
         let (wal, _writer) = Wal::open(data.path(), 1).unwrap();
         let expiry = crate::clock::now_secs() + 3600;
         let ranges = SharedRanges::default();
@@ -597,5 +620,30 @@ mod tests {
         assert_eq!(t0.iter().collect::<Vec<_>>(), entries(0, 1000, expiry));
         assert_eq!(t2.iter().collect::<Vec<_>>(), entries(2, 1500, expiry));
         assert_eq!(chain(&store, 1).await.1, restore::Chain::default(), "a range not held has no chain");
+
+        // The store's folder replaced under the node (moved away, an empty
+        // one in its place, as an unmounted volume looks): no manifest is
+        // started from nothing there, which would name only the newest
+        // segment; once the folder is back, the snapshot writes everything.
+        let away = objects_away(dir.path());
+        std::fs::rename(dir.path(), &away).unwrap();
+        std::fs::create_dir(dir.path()).unwrap();
+        let mut table = RangeTable::default();
+        restore::merge_all(&mut table, &entries(2, 1600, expiry)[1500..], 0);
+        range2.send(MergeTable { table, now: 0 }).await.unwrap().unwrap();
+        let refused = actor.send(CreateSnapshots { full: false }).await.unwrap();
+        assert!(matches!(refused, Err(SnapshotError::StoreGone(2))), "{refused:?}");
+        assert_eq!(layout::read_manifest(&store, 2, 4).await.unwrap(), None, "a manifest from nothing");
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::rename(&away, dir.path()).unwrap();
+        actor.send(CreateSnapshots { full: false }).await.unwrap().unwrap();
+        let (t2, _) = chain(&store, 2).await;
+        assert_eq!(t2.iter().collect::<Vec<_>>(), entries(2, 1600, expiry));
+    }
+
+    fn objects_away(dir: &std::path::Path) -> std::path::PathBuf {
+        let mut away = dir.as_os_str().to_owned();
+        away.push(".away");
+        away.into()
     }
 }
