@@ -17,14 +17,18 @@
 //! ```
 //!
 //! Retries: gets and puts are retried on any transient failure (connection
-//! refused or reset, timeouts, 503, 421 with a newer view) with a delay
-//! doubling from `retry_delay` up to `max_retry_delay` (a 503's
-//! `Retry-After` is waited for, within the same cap), at most `retry_count`
-//! times and never past `deadline`. A claim is retried only when the failure
-//! proves it was not applied (connection refused, 421, 503); otherwise its
-//! outcome is unknown and the caller gets [`ClientError::OutcomeUnknown`],
-//! because a blind retry would answer "existed" for keys the lost attempt
-//! stored.
+//! refused or reset, timeouts, 503, 421 with a newer view). A 421 is
+//! retried at once, with the view it carries. A 503 (nothing was applied,
+//! and the node asks to come back) is retried after the wait it names (its
+//! body's `retry_after_ms`, else `Retry-After`; 50 ms for a range loading
+//! after a scale, whose refusal lasts a few hundred ms), for as long as
+//! `deadline` allows: a range that takes seconds to load is waited for.
+//! Other failures are retried with a delay doubling from `retry_delay` up
+//! to `max_retry_delay`, at most `retry_count` times and never past
+//! `deadline`. A claim is retried only when the failure proves it was not
+//! applied (connection refused, 421, 503); otherwise its outcome is unknown
+//! and the caller gets [`ClientError::OutcomeUnknown`], because a blind
+//! retry would answer "existed" for keys the lost attempt stored.
 //!
 //! Dropping a call's future (a timeout of the caller's own, a cancelled
 //! task) after it was sent leaves the same doubt: its puts or claims may
@@ -68,10 +72,12 @@ pub struct Config {
     pub tls: crate::tls::ClientFiles,
     /// Must equal the cluster's.
     pub total_hash_ranges: u32,
-    /// Retries after the first attempt.
+    /// Retries after the first attempt, for failures other than a 503
+    /// (those are retried until `deadline`).
     pub retry_count: u32,
     /// Delay before the first retry; doubled for each further one, up to
-    /// `max_retry_delay`. A node's `Retry-After` is honoured (also capped).
+    /// `max_retry_delay`. A 503 is retried after the wait it names instead
+    /// (also capped).
     pub retry_delay: Duration,
     /// The longest wait between two attempts.
     pub max_retry_delay: Duration,
@@ -543,6 +549,7 @@ impl Client {
         let mut pending: Vec<usize> = (0..fps.len()).collect();
         let mut backoff = Backoff::new(config.retry_delay, config.max_retry_delay);
         let mut attempt = 0;
+        let mut failed_attempts = 0;
         let deadline = tokio::time::Instant::now() + config.deadline;
         while !pending.is_empty() {
             let view = self.view();
@@ -561,7 +568,10 @@ impl Client {
             });
             let mut retry = Vec::new();
             let mut wait = false;
-            // The longest `Retry-After` any node asked for in this round.
+            // A failure other than a 503 in this round: it counts against
+            // `retry_count` (and backs off, unless it was a 421).
+            let mut counted = false;
+            // The longest wait any node asked for in this round.
             let mut asked: Option<Duration> = None;
             let mut last: Option<(u32, String, String)> = None;
             for (node, address, positions, result) in join_all(calls).await {
@@ -588,6 +598,9 @@ impl Client {
                     Err(Failure::Status { status: 421, view: Some(v), message, .. }) => {
                         self.adopt(&v)?;
                         last = Some((node, address, format!("421 wrong_node: {message}")));
+                        // Counted, so that nodes disagreeing on the view
+                        // cannot keep a call going round.
+                        counted = true;
                         retry.extend(positions);
                     }
                     Err(Failure::Status { status: 503, view, message, retry_after, .. }) => {
@@ -602,6 +615,7 @@ impl Client {
                     Err(Failure::Connect(reason)) => {
                         last = Some((node, address, reason));
                         wait = true;
+                        counted = true;
                         retry.extend(positions);
                     }
                     Err(Failure::Lost(reason)) if op == Verb::Claim => {
@@ -610,6 +624,7 @@ impl Client {
                     Err(Failure::Lost(reason)) => {
                         last = Some((node, address, reason));
                         wait = true;
+                        counted = true;
                         retry.extend(positions);
                     }
                     Err(Failure::Status { status, code, message, .. })
@@ -630,8 +645,16 @@ impl Client {
                 break;
             }
             attempt += 1;
-            let pause = if wait { backoff.next_delay_honouring(asked) } else { Duration::ZERO };
-            if attempt > config.retry_count || tokio::time::Instant::now() + pause > deadline {
+            if counted {
+                failed_attempts += 1;
+            }
+            let pause = match (wait, counted, asked) {
+                (false, ..) => Duration::ZERO,
+                // Only 503s, and they named their wait: the node knows best.
+                (true, false, Some(asked)) => asked.min(config.max_retry_delay),
+                (true, ..) => backoff.next_delay_honouring(asked),
+            };
+            if failed_attempts > config.retry_count || tokio::time::Instant::now() + pause > deadline {
                 // unwrap_or: `last` is set whenever a position is retried.
                 let (node, address, reason) = last.unwrap_or((0, String::new(), "unknown".into()));
                 return Err(ClientError::Unavailable { node, address, attempts: attempt, reason });
@@ -770,7 +793,8 @@ pub fn bare(address: &str) -> &str {
 fn status_failure(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> Failure {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     Failure::Status {
-        retry_after,
+        // The body's milliseconds are finer than the header's seconds.
+        retry_after: v["retry_after_ms"].as_u64().map(Duration::from_millis).or(retry_after),
         status: status.as_u16(),
         code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
         message: v["error"]["message"]

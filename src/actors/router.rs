@@ -39,8 +39,13 @@ use crate::view::{ClusterState, ClusterView, StoredView, ViewWire};
 use crate::wal::Wal;
 use crate::wire::Info;
 
-/// Seconds a client is told to wait before retrying a restoring range.
-const RETRY_AFTER_SECS: u32 = 1;
+/// How long a client is told to wait before retrying a range being
+/// restored at start (which takes seconds).
+const RETRY_RESTORING: Duration = Duration::from_secs(1);
+/// ... and a range loading after a scale: it serves a few hundred ms after
+/// the switch, so a client that waited the restoring range's second would
+/// see a refusal three times as long as the node's.
+const RETRY_LOADING: Duration = Duration::from_millis(50);
 /// Delays between attempts of a failing handoff or checkpoint of a range.
 /// Every range of a scale hands off at once and a store outage fails them
 /// together: jitter keeps their retries from arriving together.
@@ -58,7 +63,7 @@ pub enum RouteError {
     WrongNode { range: u32, owner: u32, view: ViewWire },
     /// A range needed by the batch cannot answer now; retry later.
     #[error("{reason}")]
-    Unavailable { reason: String, view: ViewWire, retry_after_secs: u32 },
+    Unavailable { reason: String, view: ViewWire, retry_after: Duration },
     /// A write was applied but could not be made durable, or a range
     /// failed part way: some keys may have been stored. A claim must not be
     /// retried blindly (it would answer "existed" for its own keys).
@@ -172,7 +177,11 @@ impl RouterActor {
     }
 
     fn unavailable(&self, reason: String) -> RouteError {
-        RouteError::Unavailable { reason, view: self.view.wire().clone(), retry_after_secs: RETRY_AFTER_SECS }
+        self.unavailable_for(reason, RETRY_RESTORING)
+    }
+
+    fn unavailable_for(&self, reason: String, retry_after: Duration) -> RouteError {
+        RouteError::Unavailable { reason, view: self.view.wire().clone(), retry_after }
     }
 
     fn wrong_node(&self, range: u32) -> RouteError {
@@ -446,7 +455,10 @@ impl Handler<Route> for RouterActor {
                     Admission::Serve => None,
                     Admission::WrongNode => Some(self.wrong_node(range)),
                     Admission::Unavailable(RangeState::Loading) => {
-                        Some(self.unavailable(format!("range {range} is loading after a scale")))
+                        Some(self.unavailable_for(
+                            format!("range {range} is loading after a scale"),
+                            RETRY_LOADING,
+                        ))
                     }
                     Admission::Unavailable(_) => {
                         Some(self.unavailable(format!("range {range} is being restored")))
@@ -495,7 +507,7 @@ impl Handler<Route> for RouterActor {
                     GatherError::Unavailable(e) => RouteError::Unavailable {
                         reason: e.to_string(),
                         view: view.clone(),
-                        retry_after_secs: RETRY_AFTER_SECS,
+                        retry_after: RETRY_RESTORING,
                     },
                     GatherError::Dropped(range) if writes => RouteError::OutcomeUnknown(format!(
                         "range {range} did not answer; the other ranges of the request may have stored their keys"
@@ -514,7 +526,7 @@ impl Handler<Route> for RouterActor {
                         RouteError::Unavailable {
                             reason: e.to_string(),
                             view: view.clone(),
-                            retry_after_secs: RETRY_AFTER_SECS,
+                            retry_after: RETRY_RESTORING,
                         }
                     } else {
                         // Applied in memory, not known to be on disk: it

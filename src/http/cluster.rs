@@ -33,7 +33,11 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 async fn store_unavailable(state: &AppState, e: impl std::fmt::Display) -> ApiError {
     let view = state.router.send(GetStoredView).await.map(|v| v.wire());
     match view {
-        Ok(view) => ApiError::Unavailable { message: e.to_string(), view, retry_after_secs: 2 },
+        Ok(view) => ApiError::Unavailable {
+            message: e.to_string(),
+            view,
+            retry_after: std::time::Duration::from_secs(2),
+        },
         Err(m) => internal(m),
     }
 }

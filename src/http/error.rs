@@ -1,6 +1,8 @@
 //! Every error a route can answer, mapped exhaustively to the status, `code`
 //! string and extra fields of API.md.
 
+use std::time::Duration;
+
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
@@ -19,7 +21,7 @@ pub enum ApiError {
     #[error("{message}")]
     WrongNode { message: String, view: ViewWire },
     #[error("{message}")]
-    Unavailable { message: String, view: ViewWire, retry_after_secs: u32 },
+    Unavailable { message: String, view: ViewWire, retry_after: Duration },
     /// The node has not read its view yet (no view to send along).
     #[error("{0}")]
     Starting(String),
@@ -92,7 +94,7 @@ pub fn error_codes() -> Vec<(u16, &'static str)> {
         ApiError::PayloadTooLarge { limit: 0 },
         ApiError::UnsupportedMediaType(s()),
         ApiError::WrongNode { message: s(), view: view.clone() },
-        ApiError::Unavailable { message: s(), view, retry_after_secs: 1 },
+        ApiError::Unavailable { message: s(), view, retry_after: Duration::from_secs(1) },
         ApiError::Starting(s()),
         ApiError::Unauthorized,
         ApiError::Forbidden(s()),
@@ -134,8 +136,8 @@ impl From<RouteError> for ApiError {
         let message = e.to_string();
         match e {
             RouteError::WrongNode { view, .. } => ApiError::WrongNode { message, view },
-            RouteError::Unavailable { view, retry_after_secs, .. } => {
-                ApiError::Unavailable { message, view, retry_after_secs }
+            RouteError::Unavailable { view, retry_after, .. } => {
+                ApiError::Unavailable { message, view, retry_after }
             }
             RouteError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(message),
             RouteError::Internal(_) => ApiError::Internal(message),
@@ -148,6 +150,9 @@ struct Body<'a> {
     error: Detail<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<&'a ViewWire>,
+    /// With a 503: how long to wait, finer than `Retry-After`'s seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -184,11 +189,18 @@ impl ResponseError for ApiError {
             ApiError::WrongNode { view, .. } | ApiError::Unavailable { view, .. } => Some(view),
             _ => None,
         };
-        let body = Body { error: Detail { code: self.code(), message: self.to_string() }, cluster };
+        let retry_after_ms = match self {
+            ApiError::Unavailable { retry_after, .. } => Some(retry_after.as_millis() as u64),
+            _ => None,
+        };
+        let body =
+            Body { error: Detail { code: self.code(), message: self.to_string() }, cluster, retry_after_ms };
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            ApiError::Unavailable { retry_after_secs, .. } => {
-                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            ApiError::Unavailable { retry_after, .. } => {
+                // Whole seconds, at least one: a shorter wait is in the body.
+                let secs = retry_after.as_millis().div_ceil(1000).max(1);
+                response.insert_header((header::RETRY_AFTER, secs.to_string()));
             }
             ApiError::Starting(_) => {
                 response.insert_header((header::RETRY_AFTER, "1"));

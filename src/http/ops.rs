@@ -113,7 +113,11 @@ pub async fn create_snapshots(
         }))),
         Err(e) if e.is_retryable() => {
             let info = node_info(&state).await?;
-            Err(ApiError::Unavailable { message: e.to_string(), view: info.view(), retry_after_secs: 5 })
+            Err(ApiError::Unavailable {
+                message: e.to_string(),
+                view: info.view(),
+                retry_after: std::time::Duration::from_secs(5),
+            })
         }
         Err(e) => Err(ApiError::Internal(e.to_string())),
     }
