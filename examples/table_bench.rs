@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
-use keydb::fingerprint::Fingerprint;
-use keydb::table::{RangeTable, TableKey};
+use keydb::fingerprint::{Fingerprint, TableKey};
+use keydb::table::RangeTable;
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();

@@ -1,7 +1,8 @@
 //! Key fingerprints and key → range routing.
 //!
 //! A key lives inside KeyDB only as its 128-bit fingerprint `xxh3_128(key)`
-//! (seed 0): memory and snapshot sizes do not depend on key length. The range
+//! (seed 0), and inside a range only as 96 bits of it ([`TableKey`]) with an
+//! [`Expiry`]: memory and snapshot sizes do not depend on key length. The range
 //! of a key is fixed forever by `API.md` and computed identically by every
 //! client, so this module must never change its arithmetic.
 
@@ -26,6 +27,29 @@ impl Fingerprint {
         ((self.0 >> 64) as u64 % u64::from(total_hash_ranges)) as u32
     }
 }
+
+/// The part of a fingerprint a range stores (96 bits): what the tables,
+/// the WAL and the segments hold. The range (`(fp >> 64) % R`) does not
+/// imply these bits for any power-of-two `R` up to 2³²; DESIGN.md asks for at
+/// least 96 independent bits. Ordered by `lo`, then `hi`: "fingerprint
+/// order", in which tables iterate and segments are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TableKey {
+    /// Low 64 bits of the fingerprint; also the hash that places the key
+    /// inside its range's table.
+    pub lo: u64,
+    /// Top 32 bits of the fingerprint.
+    pub hi: u32,
+}
+
+impl From<Fingerprint> for TableKey {
+    fn from(fp: Fingerprint) -> Self {
+        TableKey { lo: fp.0 as u64, hi: (fp.0 >> 96) as u32 }
+    }
+}
+
+/// Absolute expiry in Unix seconds. A key exists iff `now < expiry`.
+pub type Expiry = u32;
 
 /// Why a key cannot be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fingerprint::{Expiry, TableKey};
 use crate::layout::{read_manifest, segment_key};
 use crate::segment::{FormatError, Segment, SegmentKind};
 use crate::store::{ObjectStore, StoreError};
-use crate::table::{Expiry, RangeTable, TableKey};
+use crate::table::RangeTable;
 use crate::wal;
 
 #[derive(Debug, Clone, thiserror::Error)]

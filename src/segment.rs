@@ -24,7 +24,7 @@
 use bincode::config::{self, Configuration, Fixint, LittleEndian};
 use serde::{Deserialize, Serialize};
 
-use crate::table::{Expiry, TableKey};
+use crate::fingerprint::{Expiry, TableKey};
 
 const MAGIC: &[u8; 4] = b"KDBS";
 const VERSION: u8 = 1;

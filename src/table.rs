@@ -27,25 +27,7 @@
 //! by [`RangeTable::sweep`], which visits a bounded number of slots per call
 //! with a cursor and shrinks the table when it gets sparse.
 
-use crate::fingerprint::Fingerprint;
-
-/// The part of a fingerprint a table stores (96 bits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct TableKey {
-    /// Low 64 bits of the fingerprint; also the hash that picks the home slot.
-    pub lo: u64,
-    /// Top 32 bits of the fingerprint.
-    pub hi: u32,
-}
-
-impl From<Fingerprint> for TableKey {
-    fn from(fp: Fingerprint) -> Self {
-        TableKey { lo: fp.0 as u64, hi: (fp.0 >> 96) as u32 }
-    }
-}
-
-/// Absolute expiry in Unix seconds. A key exists iff `now < expiry`.
-pub type Expiry = u32;
+use crate::fingerprint::{Expiry, TableKey};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Slot {
@@ -405,6 +387,7 @@ fn overflow_slots(home_slots: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::Fingerprint;
     use proptest::prelude::*;
     use std::collections::HashMap;
 

@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
-use crate::table::{Expiry, TableKey};
+use crate::fingerprint::{Expiry, TableKey};
 
 /// A file is rotated once it passes this size.
 pub const FILE_BYTES: u64 = 64 << 20;

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{garage, keys, refs, wait_until, Node};
-use keydb::fingerprint::Fingerprint;
+use keydb::fingerprint::{Fingerprint, TableKey};
 use keydb::segment::{Manifest, Segment};
-use keydb::table::TableKey;
 
 fn assert_all_present(node: &Node, all: &[String]) {
     for chunk in all.chunks(5000) {

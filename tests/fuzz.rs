@@ -20,9 +20,9 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use keydb::fingerprint::TableKey;
 use keydb::segment::{Handoff, Manifest, Segment, SegmentKind, SegmentRef};
 use keydb::settings::Settings;
-use keydb::table::TableKey;
 use keydb::view::{ClusterState, ClusterView, StoredView};
 use keydb::wal;
 use keydb::wire::{self, BinaryKeys, BinaryRequest, BinaryResponse};

@@ -14,12 +14,13 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 
 use crate::clock;
 use crate::gather::RangeUnavailable;
+use crate::fingerprint::{Expiry, TableKey};
 use crate::messages::{
     CopyEntries, ForceFullSnapshot, MergeTable, RangeBatch, RangeOp, Restore, Retire, SnapshotData,
     TakeSnapshot,
 };
 use crate::segment::SegmentKind;
-use crate::table::{Expiry, RangeTable, TableKey};
+use crate::table::RangeTable;
 use crate::wal::Wal;
 
 /// How often the sweep runs, and how much of the table it visits each time.

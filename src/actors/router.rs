@@ -26,6 +26,7 @@ use crate::actors::snapshot::SharedRanges;
 use crate::actors::{loader, KeyCounts, RangeActor, SnapshotActor};
 use crate::backoff::Backoff;
 use crate::clock;
+use crate::fingerprint::TableKey;
 use crate::gather::{Gather, GatherError};
 use crate::messages::{
     AdoptView, CheckpointRange, GetInfo, GetNotServing, GetStoredView, HandedOff, Handoff, PrepareRanges,
@@ -34,7 +35,7 @@ use crate::messages::{
 };
 use crate::protocol::{self, Access, Admission, AdoptAction, Next, Range, RangeState, Role, StartFrom};
 use crate::store::ObjectStore;
-use crate::table::{RangeTable, TableKey};
+use crate::table::RangeTable;
 use crate::view::{ClusterState, ClusterView, StoredView, ViewWire};
 use crate::wal::Wal;
 use crate::wire::Info;

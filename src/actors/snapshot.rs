@@ -431,7 +431,7 @@ async fn write_segment(
     job: &SnapshotDeps,
     range: u32,
     kind: SegmentKind,
-    entries: Vec<(crate::table::TableKey, crate::table::Expiry)>,
+    entries: Vec<(crate::fingerprint::TableKey, crate::fingerprint::Expiry)>,
     now: u32,
     handoff: Option<segment::Handoff>,
     steps: &mut Steps,

@@ -1,8 +1,9 @@
 use actix::{Message, MessageResponse};
 
+use crate::fingerprint::{Expiry, TableKey};
 use crate::gather::{RangeUnavailable, Share};
 use crate::segment::SegmentKind;
-use crate::table::{Expiry, RangeTable, TableKey};
+use crate::table::RangeTable;
 use crate::wal::Wal;
 
 /// What a batch does to each of its keys.
