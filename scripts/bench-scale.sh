@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # How one node's costs grow with its keys: load N keys (and, for the
 # comparison, N/10 on a second node in the same run), then measure memory
-# per key, put and get keys/s, a full snapshot to the folder store, a
+# per key (RSS, and the range tables' own bytes), put and get keys/s, the
+# put latency once loaded (the first 10 M keys put again: the same work
+# without the tables growing), a full snapshot to the folder store, a
 # restart from `kill -9` with local checkpoints in play, and a restore onto
-# an empty disk from the folder store.
+# an empty disk from the folder store. Binaries come from
+# $CARGO_TARGET_DIR (default ./target).
 #
 #   scripts/bench-scale.sh [--keys N] [--batch B] [--concurrency C]
 #
 # The last line is:
-#   RESULT keys=<N> bytes_per_key=<b> put_vs_tenth=<ratio> get_vs_tenth=<ratio> restart_s=<s> restore_s=<s> snapshot_s=<s>
+#   RESULT keys=<N> bytes_per_key=<b> table_bytes_per_key=<b> put_vs_tenth=<ratio> get_vs_tenth=<ratio>
+#          put_p999_load_vs_loaded=<ratio> restart_s=<s> restore_s=<s> snapshot_s=<s>   (one line)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +27,8 @@ while [ $# -gt 0 ]; do
 done
 
 cargo build --release --locked --bins >&2
-ADMIN=./target/release/keydb-admin
-NODE=./target/release/keydb-node
+ADMIN=${CARGO_TARGET_DIR:-target}/release/keydb-admin
+NODE=${CARGO_TARGET_DIR:-target}/release/keydb-node
 . scripts/lib.sh
 
 tmp=$(mktemp -d -t keydb-bench-scale.XXXXXX)
@@ -73,6 +77,10 @@ r0=$(rss "$pid")
 echo "loading $KEYS keys" >&2
 "$ADMIN" --addresses "127.0.0.1:$port" bench --keys "$KEYS" --key-prefix b- "${common[@]}" > "$tmp/big.json"
 r1=$(rss "$pid")
+table=$(curl -sf "http://127.0.0.1:$port/metrics" | awk '/^keydb_table_bytes / {printf "%.0f\n", $2}')
+echo "once loaded: the first $(( KEYS < 10000000 ? KEYS : 10000000 )) keys put again" >&2
+"$ADMIN" --addresses "127.0.0.1:$port" bench --keys "$(( KEYS < 10000000 ? KEYS : 10000000 ))" \
+  --key-prefix b- "${common[@]}" > "$tmp/loaded.json"
 
 echo "full snapshot to the folder store" >&2
 t0=$(now)
@@ -95,13 +103,14 @@ echo "  restore: $restore s" >&2
 "$ADMIN" --addresses "127.0.0.1:$port" bench --keys "$(( KEYS < 1000000 ? KEYS : 1000000 ))" \
   --key-prefix b- --skip-put --hit-ratio 1 "${common[@]}" > "$tmp/after.json"
 
-python3 - "$tmp" "$KEYS" "$r0" "$r1" "$snapshot" "$restart" "$restore" "$ckpts" <<'PY'
+python3 - "$tmp" "$KEYS" "$r0" "$r1" "$snapshot" "$restart" "$restore" "$ckpts" "$table" <<'PY'
 import json, sys
 tmp, keys, r0, r1 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 snapshot, restart, restore, ckpts = float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7]), sys.argv[8]
+table = int(sys.argv[9])
 def phases(name):
     return {p["name"]: p for p in json.load(open(f"{tmp}/{name}.json"))}
-big, small = phases("big"), phases("small")
+big, small, loaded = phases("big"), phases("small"), phases("loaded")
 bpk = (r1 - r0) / keys
 print(f"{'':16}{'N/10 keys':>14}{'N keys':>14}{'ratio':>8}")
 for op in ("put", "get"):
@@ -109,12 +118,17 @@ for op in ("put", "get"):
     print(f"{op + ' keys/s':16}{s:>14,.0f}{b:>14,.0f}{b / s:>8.2f}")
     print(f"{op + ' p99/p99.9 ms':16}{small[op]['batch_p99_ms']:>7.1f}/{small[op]['batch_p999_ms']:<6.1f}"
           f"{big[op]['batch_p99_ms']:>7.1f}/{big[op]['batch_p999_ms']:<6.1f}")
-print(f"memory: {bpk:.1f} bytes per key (RSS growth over {keys:,} keys)")
+load_p999, loaded_p999 = big["put"]["batch_p999_ms"], loaded["put"]["batch_p999_ms"]
+print(f"put p99/p99.9 once loaded: {loaded['put']['batch_p99_ms']:.1f}/{loaded_p999:.1f} ms "
+      f"(during the load / once loaded: {load_p999 / loaded_p999:.2f})")
+print(f"memory: {bpk:.1f} bytes per key (RSS growth over {keys:,} keys), "
+      f"{table / keys:.1f} in the range tables (keydb_table_bytes)")
 print(f"full snapshot to the folder store: {snapshot:.1f} s")
 print(f"restart from kill -9 with local checkpoints ({ckpts} files): {restart:.1f} s to ready")
 print(f"restore onto an empty disk from the folder store: {restore:.1f} s to ready")
 put = big["put"]["keys_per_sec"] / small["put"]["keys_per_sec"]
 get = big["get"]["keys_per_sec"] / small["get"]["keys_per_sec"]
-print(f"RESULT keys={keys} bytes_per_key={bpk:.1f} put_vs_tenth={put:.2f} get_vs_tenth={get:.2f} "
+print(f"RESULT keys={keys} bytes_per_key={bpk:.1f} table_bytes_per_key={table / keys:.1f} "
+      f"put_vs_tenth={put:.2f} get_vs_tenth={get:.2f} put_p999_load_vs_loaded={load_p999 / loaded_p999:.2f} "
       f"restart_s={restart:.1f} restore_s={restore:.1f} snapshot_s={snapshot:.1f}")
 PY
