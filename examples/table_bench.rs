@@ -40,8 +40,6 @@ impl Timer {
 }
 
 fn main() {
-    // As the node does: a table array freed is memory freed.
-    keydb::memory::configure();
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000_000);
     let r: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(128);

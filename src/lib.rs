@@ -24,7 +24,7 @@
 //! - [`metrics`]: Prometheus metrics for `GET /metrics`, in text format or OpenMetrics.
 //! - [`procfs`]: CPU, memory and file descriptors of this process, from `/proc`.
 //! - [`background`]: low-priority threads for snapshot encoding and checkpoints.
-//! - [`memory`]: the allocator's policy, and giving memory freed by tables back to the OS.
+//! - [`memory`]: mapped arrays for the tables, and giving memory freed by tables back to the OS.
 //! - [`gather`]: the fan-in of one request's per-range batches into its answer.
 //! - [`messages`]: one struct per request between actors (data only).
 //! - [`backoff`]: the doubling delay between retries of a failing step.

@@ -47,6 +47,7 @@
 //! it finishes when sparse, and merges it with its buddy when both are.
 
 use crate::fingerprint::{Expiry, TableKey};
+use crate::memory::{Zeroable, ZeroedArray};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Slot {
@@ -99,6 +100,9 @@ impl Slot {
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 16);
+
+// SAFETY: integers only; all zeroes is the empty slot (`Slot::default()`).
+unsafe impl Zeroable for Slot {}
 
 /// A part past this many keys splits in two instead of growing: the bound
 /// on the work of one insert (a part has at most about 1.6 × this many
@@ -154,8 +158,10 @@ fn overflow_slots(home_slots: usize) -> usize {
 #[derive(Debug, Clone)]
 struct Part {
     /// Sorted by key among occupied slots; `len() >= home_slots`. Slots past
-    /// `home_slots` are overflow for runs that start near the end.
-    slots: Vec<Slot>,
+    /// `home_slots` are overflow for runs that start near the end. A large
+    /// array is a mapping of its own: freed, its memory goes back to the OS
+    /// at once (see [`crate::memory`]).
+    slots: ZeroedArray<Slot>,
     /// Number of home positions the hash maps onto.
     home_slots: usize,
     /// Occupied slots, expired-but-unswept ones included.
@@ -176,7 +182,7 @@ impl Part {
         let first_hi = entries.clone().next().map_or(0, |s| u64::from(s.hi));
         let seed = prefix ^ (u64::from(depth) << 56) ^ (first_hi << 24);
         let phase = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u16;
-        let mut part = Part { slots: Vec::new(), home_slots: 0, len: 0, prefix, depth, phase };
+        let mut part = Part { slots: ZeroedArray::new(0), home_slots: 0, len: 0, prefix, depth, phase };
         part.place(home_slots_for(len, phase), entries, len);
         part
     }
@@ -205,12 +211,13 @@ impl Part {
     fn place(&mut self, home_slots: usize, entries: impl Iterator<Item = Slot>, len: usize) {
         self.home_slots = home_slots;
         self.len = len;
-        let mut slots = vec![Slot::default(); home_slots + overflow_slots(home_slots)];
+        let mut slots = ZeroedArray::new(home_slots + overflow_slots(home_slots));
         let mut next = 0;
         for slot in entries {
             let pos = self.home(slot.lo).max(next);
             if pos >= slots.len() {
-                slots.push(Slot::default());
+                // The last run reaches past the overflow area: extend it.
+                slots = slots.resized(slots.len() + overflow_slots(home_slots));
             }
             slots[pos] = slot;
             next = pos + 1;
@@ -221,8 +228,8 @@ impl Part {
     /// Moves every entry into an array with `home_slots` home positions.
     fn rebuild(&mut self, home_slots: usize) {
         work(self.slots.len());
-        let old = std::mem::take(&mut self.slots);
-        self.place(home_slots, old.into_iter().filter(|s| !s.is_empty()), self.len);
+        let old = std::mem::replace(&mut self.slots, ZeroedArray::new(0));
+        self.place(home_slots, old.iter().filter(|s| !s.is_empty()).copied(), self.len);
     }
 
     /// `Ok(index)` of the key, or `Err(index)` where it would be inserted.
@@ -248,9 +255,9 @@ impl Part {
             Some(offset) => i + offset,
             None => {
                 // The run reaches the end of the overflow area: extend it.
-                self.slots.reserve_exact(overflow_slots(self.home_slots));
-                self.slots.push(Slot::default());
-                self.slots.len() - 1
+                let end = self.slots.len();
+                self.slots = self.slots.resized(end + overflow_slots(self.home_slots));
+                end
             }
         };
         work(empty - i);
@@ -331,8 +338,8 @@ impl RangeTable {
 
     /// Heap bytes held by the table.
     pub fn heap_bytes(&self) -> usize {
-        let slots: usize = self.parts.iter().map(|p| p.slots.capacity()).sum();
-        slots * std::mem::size_of::<Slot>()
+        let slots: usize = self.parts.iter().map(|p| p.slots.heap_bytes()).sum();
+        slots
             + self.parts.capacity() * std::mem::size_of::<Part>()
             + self.dir.capacity() * std::mem::size_of::<u32>()
     }

@@ -64,8 +64,6 @@ fn main() -> ExitCode {
         log::set_max_level(max_level);
     }
     log::info!("settings: {settings:?}");
-    // Before the runtime starts its threads.
-    keydb::memory::configure();
     // A panic is a bug. A node that lost a range actor or the router to one
     // would stay up answering 500 for that range; stopping whole instead
     // lets its supervisor restart it, and the WAL brings back every
