@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::table::TableKey;
+use crate::fingerprint::TableKey;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("range {0} is not restored yet")]

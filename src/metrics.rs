@@ -127,6 +127,7 @@ pub struct Metrics {
     pub request_seconds: Family<RouteLabel, Histogram>,
     pub keys: Family<RouteLabel, Counter>,
     pub keys_stored: Gauge,
+    pub table_bytes: Gauge,
     pub ranges: Family<StateLabel, Gauge>,
     pub wal_fsync_seconds: Histogram,
     pub wal_batch_bytes: Histogram,
@@ -176,6 +177,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let keys = registered(r, "keys", "Keys received by data route", Family::default());
     let keys_stored =
         registered(r, "keys_stored", "Keys held by this node (expired ones until swept)", Gauge::default());
+    let table_bytes = registered(
+        r,
+        "table_bytes",
+        "Heap bytes of this node's range tables (compare with process_resident_memory_bytes)",
+        Gauge::default(),
+    );
     let ranges = registered(r, "ranges", "Ranges held by this node, by state", Family::default());
     let wal_fsync_seconds =
         registered(r, "wal_fsync_seconds", "Duration of each WAL write and fdatasync", seconds_buckets());
@@ -218,6 +225,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         request_seconds,
         keys,
         keys_stored,
+        table_bytes,
         ranges,
         wal_fsync_seconds,
         wal_batch_bytes,

@@ -15,7 +15,7 @@ use actix::{Actor, Addr, Arbiter};
 use actix_web::{web, App, HttpServer};
 use futures_util::stream::{self, StreamExt};
 
-use crate::actors::{KeyCounts, RangeActor, RouterActor, RouterDeps, SharedRanges, SnapshotActor};
+use crate::actors::{RangeActor, RouterActor, RouterDeps, SharedRanges, SnapshotActor, TableSizes};
 use crate::auth;
 use crate::backoff::Backoff;
 use crate::clock;
@@ -150,14 +150,14 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
 
     // Kept alive for the life of the server; each runs range actors.
     let arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
-    let key_counts = KeyCounts::new(total);
+    let table_sizes = TableSizes::new(total);
     let mut slots = Vec::new();
     let mut to_restore = Vec::new();
     for (ranges, role) in [(&plan.kept, Role::Kept), (&plan.gained, Role::Gained), (&plan.lost, Role::Lost)] {
         for &range in ranges {
             let Some(state) = protocol::at_start(role) else { continue };
             let arbiter = &arbiters[slots.len() % arbiters.len()];
-            let counts = key_counts.clone();
+            let counts = table_sizes.clone();
             let addr =
                 RangeActor::start_in_arbiter(&arbiter.handle(), move |_| RangeActor::new(range, counts));
             to_restore.push((range, addr.clone(), role));
@@ -176,7 +176,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         arbiters: arbiters.iter().map(|a| a.handle()).collect(),
         last_snapshot,
         ranges,
-        key_counts,
+        table_sizes: table_sizes.clone(),
     };
     let router = RouterActor::new(deps, view, slots).start();
     actix_web::rt::spawn(refresh_view(store.clone(), router.clone(), settings.view_refresh_interval));
@@ -200,6 +200,7 @@ pub async fn run_on(settings: Settings, listener: TcpListener) -> Result<(), Sta
         snapshots,
         store,
         scale_lock: Arc::default(),
+        table_sizes,
         node_id: settings.node_id,
         max_keys_per_request: settings.max_keys_per_request,
         max_body_bytes: settings.max_body_bytes,

@@ -66,6 +66,9 @@ fn metrics_parse_and_count() {
     let m = parse(&text);
     let get = |name: &str| *m.get(name).unwrap_or_else(|| panic!("missing {name} in:\n{text}"));
     assert_eq!(get("keydb_keys_stored"), 1500.0);
+    // Every key's 16-byte slot, and less than the whole process.
+    assert!(get("keydb_table_bytes") >= 1500.0 * 16.0, "{text}");
+    assert!(get("keydb_table_bytes") < get("process_resident_memory_bytes"), "{text}");
     assert_eq!(get(r#"keydb_keys_total{route="/put"}"#), 1500.0);
     assert_eq!(get(r#"keydb_keys_total{route="/get"}"#), 500.0);
     assert_eq!(get(r#"keydb_requests_total{route="/put",status="200"}"#), 1.0);
@@ -424,6 +427,7 @@ fn dashboard_queries_only_exported_metrics() {
         "keydb_request_seconds",
         "keydb_keys_total",
         "keydb_keys_stored",
+        "keydb_table_bytes",
         "keydb_ranges",
         "keydb_wal_fsync_seconds",
         "keydb_snapshot_seconds",

@@ -15,6 +15,6 @@ mod snapshot;
 
 pub use crate::protocol::RangeState;
 pub use loader::load_ahead;
-pub use range::{KeyCounts, RangeActor};
+pub use range::{RangeActor, TableSizes};
 pub use router::{RouteError, RouterActor, RouterDeps};
 pub use snapshot::{RangeSets, SharedRanges, SnapshotActor, SnapshotError};

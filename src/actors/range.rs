@@ -13,8 +13,8 @@ use std::time::Duration;
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 
 use crate::clock;
-use crate::gather::RangeUnavailable;
 use crate::fingerprint::{Expiry, TableKey};
+use crate::gather::RangeUnavailable;
 use crate::messages::{
     CopyEntries, ForceFullSnapshot, MergeTable, RangeBatch, RangeOp, Restore, Retire, SnapshotData,
     TakeSnapshot,
@@ -45,24 +45,37 @@ struct Serving {
     changed: Vec<(TableKey, Expiry)>,
 }
 
-/// Each range's key count (expired-but-unswept keys included), written by
-/// its actor whenever its table changes size, so that `/info` and
-/// `/metrics` read them without asking every actor.
+/// Each range's key count (expired-but-unswept keys included) and table
+/// bytes, written by its actor whenever its table changes size, so that
+/// `/info` and `/metrics` read them without asking every actor.
 #[derive(Debug, Clone)]
-pub struct KeyCounts(Arc<[AtomicU64]>);
+pub struct TableSizes(Arc<[RangeSize]>);
 
-impl KeyCounts {
+#[derive(Debug, Default)]
+struct RangeSize {
+    keys: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl TableSizes {
     pub fn new(total_hash_ranges: u32) -> Self {
-        KeyCounts((0..total_hash_ranges).map(|_| AtomicU64::new(0)).collect())
+        TableSizes((0..total_hash_ranges).map(|_| RangeSize::default()).collect())
     }
 
-    fn set(&self, range: u32, keys: usize) {
-        self.0[range as usize].store(keys as u64, Ordering::Relaxed);
+    fn set(&self, range: u32, table: Option<&RangeTable>) {
+        let size = &self.0[range as usize];
+        size.keys.store(table.map_or(0, |t| t.len() as u64), Ordering::Relaxed);
+        size.bytes.store(table.map_or(0, |t| t.heap_bytes() as u64), Ordering::Relaxed);
     }
 
     /// The keys of these ranges.
-    pub fn sum(&self, ranges: impl IntoIterator<Item = u32>) -> u64 {
-        ranges.into_iter().map(|r| self.0[r as usize].load(Ordering::Relaxed)).sum()
+    pub fn keys(&self, ranges: impl IntoIterator<Item = u32>) -> u64 {
+        ranges.into_iter().map(|r| self.0[r as usize].keys.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The heap bytes of every range table this node holds.
+    pub fn bytes(&self) -> u64 {
+        self.0.iter().map(|s| s.bytes.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -70,18 +83,18 @@ pub struct RangeActor {
     range: u32,
     /// `None` until restored.
     state: Option<Serving>,
-    counts: KeyCounts,
+    sizes: TableSizes,
 }
 
 impl RangeActor {
-    pub fn new(range: u32, counts: KeyCounts) -> Self {
-        counts.set(range, 0);
-        RangeActor { range, state: None, counts }
+    pub fn new(range: u32, sizes: TableSizes) -> Self {
+        sizes.set(range, None);
+        RangeActor { range, state: None, sizes }
     }
 
-    /// Publishes the table's size (see [`KeyCounts`]).
+    /// Publishes the table's size (see [`TableSizes`]).
     fn count(&self) {
-        self.counts.set(self.range, self.state.as_ref().map_or(0, |s| s.table.len()));
+        self.sizes.set(self.range, self.state.as_ref().map(|s| &s.table));
     }
 
     fn sweep(&mut self) {
@@ -154,7 +167,7 @@ impl Handler<RangeBatch> for RangeActor {
         }
         if !changed.is_empty() {
             s.last_seq = s.wal.append(range, changed);
-            self.counts.set(range, s.table.len());
+            self.sizes.set(range, Some(&s.table));
         }
         share.answer(answers, s.last_seq);
     }
@@ -274,8 +287,8 @@ mod tests {
     #[actix::test]
     async fn a_range_refuses_until_restored_then_claims_each_key_once_and_logs_its_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let counts = KeyCounts::new(8);
-        let addr = RangeActor::new(3, counts.clone()).start();
+        let sizes = TableSizes::new(8);
+        let addr = RangeActor::new(3, sizes.clone()).start();
         let keys: Vec<TableKey> = (0..100).map(key).collect();
         let put = RangeOp::Put { expiry: NOW + 60 };
         let claim = RangeOp::Claim { expiry: NOW + 60 };
@@ -293,7 +306,7 @@ mod tests {
         let stored = batch(&addr, put, &keys[..50]).await.unwrap();
         assert!(stored.answers.is_empty());
         assert!(stored.wal_seq >= 1, "a write is acknowledged at its WAL record");
-        assert_eq!(counts.sum([3]), 50);
+        assert_eq!(sizes.keys([3]), 50);
 
         // Claims: the stored half existed, the other half is new, once.
         let first = batch(&addr, claim, &keys).await.unwrap();
@@ -303,7 +316,7 @@ mod tests {
         assert_eq!(again.wal_seq, first.wal_seq, "an answer depends on the writes it saw");
         let got = batch(&addr, RangeOp::Get, &[keys[7], key(1000)]).await.unwrap();
         assert_eq!(got.answers, vec![true, false]);
-        assert_eq!(counts.sum([3]), 100);
+        assert_eq!(sizes.keys([3]), 100);
 
         // Every acknowledged write is in the WAL once it is durable.
         wal.wait_durable(again.wal_seq).await.unwrap();
@@ -323,7 +336,7 @@ mod tests {
 
         // Retired: its count goes, and a batch sent after fails the request.
         addr.send(Retire).await.unwrap();
-        assert_eq!(counts.sum([3]), 0);
+        assert_eq!(sizes.keys([3]), 0);
         assert!(matches!(batch(&addr, RangeOp::Get, &keys).await, Err(GatherError::Dropped(3))));
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, MessageResult, ResponseFuture};
 
 use crate::actors::snapshot::SharedRanges;
-use crate::actors::{loader, KeyCounts, RangeActor, SnapshotActor};
+use crate::actors::{loader, RangeActor, SnapshotActor, TableSizes};
 use crate::backoff::Backoff;
 use crate::clock;
 use crate::fingerprint::TableKey;
@@ -115,7 +115,7 @@ pub struct RouterDeps {
     /// The ranges the snapshot actor snapshots and checkpoints.
     pub ranges: SharedRanges,
     /// Written by the range actors, read by `/info`.
-    pub key_counts: KeyCounts,
+    pub table_sizes: TableSizes,
 }
 
 pub struct RouterActor {
@@ -231,7 +231,7 @@ impl RouterActor {
     fn start_range(&mut self, range: u32) -> Addr<RangeActor> {
         let arbiter = &self.deps.arbiters[self.next_arbiter % self.deps.arbiters.len()];
         self.next_arbiter += 1;
-        let counts = self.deps.key_counts.clone();
+        let counts = self.deps.table_sizes.clone();
         RangeActor::start_in_arbiter(arbiter, move |_| RangeActor::new(range, counts))
     }
 
@@ -559,7 +559,7 @@ impl Handler<GetInfo> for RouterActor {
         use RangeState::*;
         let view = self.view.wire().clone();
         let keys_count =
-            self.deps.key_counts.sum(self.in_state(|s| matches!(s, Serving | Loading | Draining)));
+            self.deps.table_sizes.keys(self.in_state(|s| matches!(s, Serving | Loading | Draining)));
         MessageResult(Info {
             node_id: self.deps.node_id,
             cluster_size: view.addresses.len() as u32,
@@ -812,7 +812,7 @@ mod tests {
             [("KEYDB_TOTAL_HASH_RANGES".to_string(), RANGES.to_string())].into_iter().collect(),
         )
         .unwrap();
-        let counts = KeyCounts::new(RANGES);
+        let counts = TableSizes::new(RANGES);
         let ranges = SharedRanges::default();
         let last = Arc::new(AtomicU64::new(0));
         let snapshots = SnapshotActor::new(&settings, store.clone(), ranges.clone(), last.clone()).start();
@@ -836,7 +836,7 @@ mod tests {
             arbiters: vec![actix::Arbiter::current()],
             last_snapshot: last,
             ranges,
-            key_counts: counts,
+            table_sizes: counts,
         };
         let router = RouterActor::new(deps, view, slots).start();
         let (wal, _writer) = Wal::open(wal_dir, 1).unwrap();

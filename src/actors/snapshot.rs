@@ -551,8 +551,9 @@ async fn checkpoint(job: SnapshotDeps, data_dir: PathBuf, wal: Wal) -> Result<us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::TableKey;
     use crate::messages::{AllRestored, MergeTable, Restore};
-    use crate::table::{RangeTable, TableKey};
+    use crate::table::RangeTable;
 
     fn entries(range: u64, n: u64, expiry: u32) -> Vec<(TableKey, u32)> {
         (0..n).map(|i| (TableKey { lo: (range << 40) | i, hi: 7 }, expiry)).collect()
@@ -584,7 +585,7 @@ mod tests {
         let expiry = crate::clock::now_secs() + 3600;
         let ranges = SharedRanges::default();
         for range in [0u32, 2] {
-            let addr = RangeActor::new(range, crate::actors::KeyCounts::new(4)).start();
+            let addr = RangeActor::new(range, crate::actors::TableSizes::new(4)).start();
             let mut table = RangeTable::default();
             restore::merge_all(&mut table, &entries(range.into(), 1000, expiry), 0);
             addr.send(Restore { table, wal: wal.clone(), force_full: false }).await.unwrap();

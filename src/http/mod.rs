@@ -25,6 +25,8 @@ pub struct AppState {
     pub store: crate::store::ObjectStore,
     /// Serializes `/scale` and `/scaleComplete` on this node.
     pub scale_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Each range table's keys and bytes, for `/metrics`.
+    pub table_sizes: crate::actors::TableSizes,
     pub node_id: u32,
     pub max_keys_per_request: usize,
     pub max_body_bytes: usize,

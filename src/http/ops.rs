@@ -41,6 +41,7 @@ pub async fn metrics(req: HttpRequest, state: State) -> Result<HttpResponse, Api
     let format = Format::from_accept(accept);
     let info = node_info(&state).await?;
     METRICS.keys_stored.set(info.keys_count as i64);
+    METRICS.table_bytes.set(state.table_sizes.bytes() as i64);
     let loading = info.ranges_loading.len() as i64;
     for (name, count) in [
         ("serving", info.hash_ranges.len() as i64 - loading),
