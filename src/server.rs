@@ -246,7 +246,10 @@ async fn shut_down(
 /// The authentication gate, from the token file (re-read while the node runs).
 fn gate(settings: &Settings) -> Result<web::Data<Gate>, StartError> {
     let tokens = match &settings.auth_tokens_file {
-        Some(path) => Some(auth::Tokens::read(path).map_err(StartError::Config)?),
+        Some(path) => Some(
+            auth::Tokens::read(path)
+                .map_err(|e| StartError::Config(format!("KEYDB_AUTH_TOKENS_FILE: {e}")))?,
+        ),
         None => None,
     };
     match &tokens {

@@ -200,7 +200,7 @@ pub const SETTINGS: &[Spec] = &[
     unset("storage_accesskeyid", "GK0123456789abcdef01234567", "S3 access key id (else the AWS default chain); both or neither"),
     unset("storage_accesskey", "<secret>", "S3 secret key"),
     unset("storage_endpoint", "http://localhost:3900", "S3-compatible endpoint URL, `http://` or `https://` (path-style)"),
-    unset("storage_prefix", "production/", "key prefix inside the bucket or folder"),
+    unset("storage_prefix", "production/", "key prefix inside the bucket or folder (no leading `/`, no `.` or `..` between slashes)"),
     value("max_keys_per_request", "100000", "keys in one request, at most (1..=10000000)"),
     value("max_body_bytes", "67108864", "request body size, at most (1024..=1073741824)"),
     value("wal_checkpoint_bytes", "268435456",
@@ -320,15 +320,34 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 }
 
 /// `KEYDB_*` variables that are not node settings and are left alone:
-/// `KEYDB_CONFIG` names the file, `KEYDB_ADDRESSES` is read by the CLI, and
-/// debug builds (the tests' binaries) take `KEYDB_TEST_PANIC_KEY` and
+/// `KEYDB_CONFIG` names the file, [`ADMIN_VARIABLES`] are keydb-admin's,
+/// and debug builds (the tests' binaries) take `KEYDB_TEST_PANIC_KEY` and
 /// `KEYDB_TEST_BREAK` (see [`crate::testing`]).
 #[cfg(not(debug_assertions))]
-const NOT_SETTINGS: &[&str] = &["config", "addresses"];
+const NOT_SETTINGS: &[&str] = &["config"];
 #[cfg(debug_assertions)]
-const NOT_SETTINGS: &[&str] = &["config", "addresses", "test_panic_key", "test_break"];
+const NOT_SETTINGS: &[&str] = &["config", "test_panic_key", "test_break"];
+
+/// keydb-admin's variables (and `KEYDB_TOKEN`, which API.md's client
+/// example reads): a shell that set them for it may start a node too. The
+/// node ignores them, and says so ([`Settings::ignored_admin_variables`]).
+pub const ADMIN_VARIABLES: &[&str] =
+    &["addresses", "token", "token_file", "ca_file", "cert_file", "key_file"];
 
 impl Settings {
+    /// The keydb-admin variables set in `env`, which a node ignores: a
+    /// warning for each keeps a mistaken `KEYDB_CERT_FILE` (the node's is
+    /// `KEYDB_TLS_CERT_FILE`) from passing unseen.
+    pub fn ignored_admin_variables(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+        let mut found: Vec<String> = env
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| ADMIN_VARIABLES.iter().any(|a| *k == var(a)))
+            .collect();
+        found.sort();
+        found
+    }
+
     /// Reads the layers from this process's environment.
     pub fn load() -> Result<Settings, SettingsError> {
         Self::from_env(std::env::vars().collect())
@@ -349,20 +368,26 @@ impl Settings {
         }
         let env: HashMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("KEYDB_")).collect();
         builder = builder.add_source(Environment::with_prefix("KEYDB").source(Some(env)));
+        // The cache, not a deserialized copy: each value keeps its origin,
+        // so that a value from the TOML file is held to its TOML type.
         let merged = builder
             .build()
-            .and_then(|c| c.try_deserialize::<config::Map<String, Value>>())
+            .and_then(|c| c.cache.into_table())
             .map_err(|e| SettingsError::Source(e.to_string()))?;
         Self::from_values(merged)
     }
 
     fn from_values(values: config::Map<String, Value>) -> Result<Settings, SettingsError> {
-        let mut p = Parser { values, problems: Vec::new(), read: Default::default() };
-        for key in p.values.keys() {
-            if spec_of(key).is_none() && !NOT_SETTINGS.contains(&key.as_str()) {
+        let mut p =
+            Parser { values, problems: Vec::new(), read: Default::default(), bad: Default::default() };
+        for (key, value) in &p.values {
+            if spec_of(key).is_none()
+                && !NOT_SETTINGS.contains(&key.as_str())
+                && !ADMIN_VARIABLES.contains(&key.as_str())
+            {
                 p.problems.push(Problem {
                     variable: var(key),
-                    value: String::new(),
+                    value: value.to_string(),
                     expected: "no such setting (see API.md, \"Node configuration\")".into(),
                 });
             }
@@ -399,7 +424,13 @@ impl Settings {
         let endpoint = p.optional("storage_endpoint", "an http:// or https:// URL", |s| {
             (s.starts_with("http://") || s.starts_with("https://")).then(|| s.to_string())
         });
-        let prefix = p.optional("storage_prefix", "a key prefix", non_empty).unwrap_or_default();
+        let prefix = p
+            .optional(
+                "storage_prefix",
+                "a key prefix such as production/ (no leading /, no . or .. between slashes)",
+                valid_prefix,
+            )
+            .unwrap_or_default();
         let max_keys_per_request =
             p.parse("max_keys_per_request", &format!("an integer 1..={MAX_KEYS_PER_REQUEST}"), |s| {
                 s.parse::<usize>().ok().filter(|&n| (1..=MAX_KEYS_PER_REQUEST).contains(&n))
@@ -601,6 +632,16 @@ fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
+/// A prefix stays inside the bucket or folder: it names no parent and no
+/// root (the `fs` store joins it to its folder).
+fn valid_prefix(s: &str) -> Option<String> {
+    let escapes = s.starts_with('/')
+        || s.contains('\\')
+        || s.contains('\0')
+        || s.split('/').any(|segment| segment == "." || segment == "..");
+    (!s.is_empty() && !escapes).then(|| s.to_string())
+}
+
 /// A `host:port` list, from a JSON list or a comma-separated string.
 fn parse_addresses(s: &str) -> Option<Vec<String>> {
     // A JSON list, or else commas (an IPv6 literal such as [::1]:50051 also
@@ -632,15 +673,106 @@ struct Parser {
     problems: Vec<Problem>,
     /// Settings read so far: every declared one must be (checked in tests).
     read: std::collections::BTreeSet<&'static str>,
+    /// Settings whose TOML value had the wrong type (already reported).
+    bad: std::collections::BTreeSet<&'static str>,
+}
+
+/// A value as a problem shows it: arrays and tables in TOML's brackets
+/// (the problem quotes the whole).
+fn shown(value: &Value) -> String {
+    match &value.kind {
+        ValueKind::Array(items) => format!("[{}]", items.iter().map(shown).collect::<Vec<_>>().join(", ")),
+        ValueKind::Table(t) => format!(
+            "{{{}}}",
+            t.iter().map(|(k, v)| format!("{k} = {}", shown(v))).collect::<Vec<_>>().join(", ")
+        ),
+        _ => value.to_string(),
+    }
+}
+
+/// The origin `config` gives values from the environment (values from the
+/// file carry its path; the defaults, none).
+const ENV_ORIGIN: &str = "the environment";
+
+/// A setting's type in TOML, as `settings/default.toml` writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TomlKind {
+    Integer,
+    Boolean,
+    /// An address list: an array, or one comma-separated string.
+    List,
+    String,
+}
+
+impl TomlKind {
+    fn of(spec: &Spec) -> TomlKind {
+        let shown = match spec.default {
+            Fallback::Value(v) => v,
+            _ => spec.example.unwrap_or(""),
+        };
+        if shown.parse::<u64>().is_ok() {
+            TomlKind::Integer
+        } else if shown.parse::<bool>().is_ok() {
+            TomlKind::Boolean
+        } else if shown.starts_with('[') {
+            TomlKind::List
+        } else {
+            TomlKind::String
+        }
+    }
+
+    fn admits(self, kind: &ValueKind) -> bool {
+        match (self, kind) {
+            (_, ValueKind::Nil) => true,
+            (
+                TomlKind::Integer,
+                ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_),
+            ) => true,
+            (TomlKind::Boolean, ValueKind::Boolean(_)) => true,
+            (TomlKind::List, ValueKind::Array(items)) => {
+                items.iter().all(|v| matches!(v.kind, ValueKind::String(_)))
+            }
+            (TomlKind::List | TomlKind::String, ValueKind::String(_)) => true,
+            _ => false,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            TomlKind::Integer => "an unquoted integer",
+            TomlKind::Boolean => "true or false, unquoted",
+            TomlKind::List => "an array of \"host:port\" strings",
+            TomlKind::String => "a quoted string",
+        }
+    }
 }
 
 impl Parser {
     /// The raw text of a setting; lists (from TOML) are turned into JSON.
+    /// A value from the TOML file must have the setting's TOML type (that
+    /// of `settings/default.toml`): `port = "50051"` or `data_dir = {}` is
+    /// a problem, recorded here, and the setting reads as absent.
     fn raw(&mut self, key: &str) -> Option<String> {
         // expect: reading an undeclared setting is a bug the tests catch at once.
         let spec = spec_of(key).expect("a setting read is declared in SETTINGS");
         self.read.insert(spec.name);
-        let value = self.values.get(key)?;
+        let value = self.values.get(key)?.clone();
+        // Only the file makes tables and arrays (nested values carry no
+        // origin); its strings and numbers carry its path.
+        let from_file = value.origin().is_some_and(|o| o != ENV_ORIGIN)
+            || matches!(value.kind, ValueKind::Table(_) | ValueKind::Array(_));
+        if from_file {
+            let want = TomlKind::of(spec);
+            if !want.admits(&value.kind) {
+                self.bad.insert(spec.name);
+                self.problems.push(Problem {
+                    variable: format!("{key} (in {})", value.origin().unwrap_or("the TOML file")),
+                    value: shown(&value),
+                    expected: format!("{} in TOML", want.describe()),
+                });
+                return None;
+            }
+        }
         let text = match &value.kind {
             ValueKind::Nil => return None,
             ValueKind::Array(items) => {
@@ -675,9 +807,10 @@ impl Parser {
 
     /// A setting that must be present (the defaults provide it).
     fn parse<T>(&mut self, key: &str, expected: &str, f: impl Fn(&str) -> Option<T>) -> Option<T> {
-        let present = self.raw(key).is_some_and(|r| !r.is_empty());
         let parsed = self.optional(key, expected, f);
-        if !present {
+        let reported = self.bad.contains(key) || self.problems.iter().any(|p| p.variable == var(key));
+        // `bad`: a type problem names the file and its key, not the variable.
+        if parsed.is_none() && !reported {
             self.problem(key, "", expected);
         }
         parsed
@@ -823,6 +956,65 @@ mod tests {
         assert_eq!(s.node_addresses, vec!["x:1", "y:2"]);
         let s = Settings::from_env(env(&[("KEYDB_CONFIG", p), ("KEYDB_PORT", "7001")])).unwrap();
         assert_eq!(s.port, 7001, "env beats the file");
+        // Every TOML type default.toml writes is taken.
+        let path = dir.path().join("typed.toml");
+        std::fs::write(
+            &path,
+            "snapshot_on_shutdown = false\nnode_addresses = \"x:1,y:2\"\ndata_dir = \"/d\"\nport = 7002\n",
+        )
+        .unwrap();
+        let s = Settings::from_env(env(&[("KEYDB_CONFIG", path.to_str().unwrap())])).unwrap();
+        assert!(!s.snapshot_on_shutdown);
+        assert_eq!((s.port, s.data_dir.to_str()), (7002, Some("/d")));
+    }
+
+    /// A TOML value of another type than the setting's is refused, named
+    /// by its key in the file, instead of read as its text.
+    #[test]
+    fn config_file_values_keep_their_toml_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("port = \"47100\"", "port", "\"47100\""),
+            ("data_dir = {a = 1}", "data_dir", "{a = 1}"),
+            ("storage_path = [\"x\"]", "storage_path", "[x]"),
+            ("node_addresses = [\"a:1\", 5]", "node_addresses", "[a:1, 5]"),
+            ("insecure_no_auth = \"true\"", "insecure_no_auth", "\"true\""),
+            ("snapshot_interval = 60", "snapshot_interval", "60"),
+            ("bind = 127", "bind", "127"),
+        ];
+        for (line, key, shown) in cases {
+            let path = dir.path().join("bad.toml");
+            std::fs::write(&path, format!("{line}\n")).unwrap();
+            let p = problems(&[("KEYDB_CONFIG", path.to_str().unwrap())]);
+            assert_eq!(p.len(), 1, "{line}: {p:?}");
+            assert!(p[0].variable.starts_with(&format!("{key} (in ")), "{line}: {p:?}");
+            assert!(p[0].expected.ends_with("in TOML"), "{line}: {p:?}");
+            assert_eq!(p[0].value.trim_matches('"'), shown.trim_matches('"'), "{line}");
+        }
+    }
+
+    /// A shell set up for keydb-admin can start a node: its variables are
+    /// ignored, and named so that a misspelt node setting is seen.
+    #[test]
+    fn keydb_admin_variables_do_not_stop_a_node() {
+        let admin = [("KEYDB_TOKEN_FILE", "/t"), ("KEYDB_CERT_FILE", "/c"), ("KEYDB_ADDRESSES", "a:1")];
+        let s = Settings::from_env(env(&admin)).unwrap();
+        assert!(s.tls.is_none(), "KEYDB_CERT_FILE is not the node's certificate");
+        let ignored = Settings::ignored_admin_variables(env(&admin));
+        assert_eq!(ignored, ["KEYDB_ADDRESSES", "KEYDB_CERT_FILE", "KEYDB_TOKEN_FILE"]);
+        assert!(Settings::ignored_admin_variables(env(&[("KEYDB_PORT", "1")])).is_empty());
+    }
+
+    #[test]
+    fn the_storage_prefix_stays_inside_the_store() {
+        for bad in ["../x", "a/../../x", "/etc/", "./", "a/./b", "a\\b", ".."] {
+            let p = problems(&[("KEYDB_STORAGE_PREFIX", bad)]);
+            assert_eq!(p[0].variable, "KEYDB_STORAGE_PREFIX", "{bad}");
+        }
+        for good in ["production/", "a/b/c-", "x..y/", "team.a/"] {
+            let s = Settings::from_env(env(&[("KEYDB_STORAGE_PREFIX", good)])).unwrap();
+            assert_eq!(s.storage.prefix, good);
+        }
     }
 
     #[test]
@@ -853,6 +1045,8 @@ mod tests {
             assert_eq!(p.len(), 1, "{k}={v}: {p:?}");
             assert_eq!(&p[0].variable, k, "{k}={v}");
         }
+        let p = problems(&[("KEYDB_NO_SUCH_THING", "its value")]);
+        assert_eq!(p[0].value, "its value", "an unknown setting shows what it was given");
         let p = problems(&[("KEYDB_STORAGE_BACKEND", "s3")]);
         assert_eq!(p[0].variable, "KEYDB_STORAGE_BUCKET");
         let p = problems(&[("KEYDB_PORT", "x"), ("KEYDB_BIND", "y")]);

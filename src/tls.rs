@@ -145,10 +145,19 @@ impl ClientCertVerifier for ReloadingVerifier {
 }
 
 /// Reads the files once; the error names the file and what is wrong.
+/// Its errors name the setting of the file at fault.
 pub fn load(files: ServerFiles) -> Result<Arc<Reloadable>, String> {
-    let key = certified_key(&files, &read(&files.cert)?, &read(&files.key)?)?;
+    let named = |setting: &'static str| move |e: String| format!("{setting}: {e}");
+    let cert = read(&files.cert).map_err(named("KEYDB_TLS_CERT_FILE"))?;
+    let key = read(&files.key).map_err(named("KEYDB_TLS_KEY_FILE"))?;
+    let key = certified_key(&files, &cert, &key).map_err(named("KEYDB_TLS_CERT_FILE, KEYDB_TLS_KEY_FILE"))?;
     let verifier = match &files.client_ca {
-        Some(path) => Some(Arc::new(RwLock::new(client_verifier(path, &read(path)?)?))),
+        Some(path) => {
+            let ca = read(path)
+                .and_then(|pem| client_verifier(path, &pem))
+                .map_err(named("KEYDB_TLS_CLIENT_CA_FILE"))?;
+            Some(Arc::new(RwLock::new(ca)))
+        }
         None => None,
     };
     Ok(Arc::new(Reloadable { files, key: RwLock::new(Arc::new(key)), verifier }))

@@ -292,8 +292,19 @@ fn bad_tls_settings_refuse_to_start() {
         (vec![("KEYDB_TLS_CERT_FILE", cert)], "KEYDB_TLS_KEY_FILE"),
         (vec![("KEYDB_TLS_KEY_FILE", key)], "KEYDB_TLS_CERT_FILE"),
         (vec![("KEYDB_TLS_CLIENT_CA_FILE", cert)], "KEYDB_TLS_CERT_FILE"),
-        (vec![("KEYDB_TLS_CERT_FILE", cert), ("KEYDB_TLS_KEY_FILE", "/nonexistent/key")], "/nonexistent/key"),
+        (
+            vec![("KEYDB_TLS_CERT_FILE", cert), ("KEYDB_TLS_KEY_FILE", "/nonexistent/key")],
+            "KEYDB_TLS_KEY_FILE: cannot read /nonexistent/key",
+        ),
         (vec![("KEYDB_TLS_CERT_FILE", garbage.to_str().unwrap()), ("KEYDB_TLS_KEY_FILE", key)], "garbage"),
+        (
+            vec![
+                ("KEYDB_TLS_CERT_FILE", cert),
+                ("KEYDB_TLS_KEY_FILE", key),
+                ("KEYDB_TLS_CLIENT_CA_FILE", "/no/ca"),
+            ],
+            "KEYDB_TLS_CLIENT_CA_FILE: cannot read /no/ca",
+        ),
         (
             vec![("KEYDB_TLS_CERT_FILE", cert), ("KEYDB_TLS_KEY_FILE", other_key.to_str().unwrap())],
             "not a certificate and its key",

@@ -64,6 +64,9 @@ fn main() -> ExitCode {
         log::set_max_level(max_level);
     }
     log::info!("settings: {settings:?}");
+    for name in Settings::ignored_admin_variables(std::env::vars()) {
+        log::warn!("{name} is a keydb-admin variable, not a node setting: ignored");
+    }
     // A panic is a bug. A node that lost a range actor or the router to one
     // would stay up answering 500 for that range; stopping whole instead
     // lets its supervisor restart it, and the WAL brings back every
