@@ -106,7 +106,12 @@ fn bad_usage_exits_2_and_failures_exit_1() {
         let (code, _, err) = admin(args, None);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(!err.trim().is_empty(), "{args:?}: no message");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
     }
+    // No command: the help, to standard error.
+    let (code, _, err) = admin(&[], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("Usage: keydb-admin"), "{err}");
     // A failed operation: nobody listens there.
     let port = common::free_port().to_string();
     let addr = format!("127.0.0.1:{port}");

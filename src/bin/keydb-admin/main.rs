@@ -29,7 +29,23 @@ use cli::{BenchArgs, Cli, Command, LoadArgs};
 const LOCAL_CLUSTER_READY: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // No command at all: the help, as a reminder.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("keydb-admin: {} (see --help)", usage_error(&e));
+            return ExitCode::from(2);
+        }
+    };
     let _ = JSON_ERRORS.set(cli.json);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
@@ -565,4 +581,11 @@ async fn bench(cli: &Cli, args: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A flag error on one line: clap's first line, without its `error: `.
+fn usage_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    first.strip_prefix("error: ").unwrap_or(first).trim().to_string()
 }
