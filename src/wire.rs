@@ -279,6 +279,11 @@ pub struct Info {
     /// concurrent changes of `cluster.json` and manifests.
     #[serde(default)]
     pub conditional_writes: bool,
+    /// While the cluster is scaling, the address list before the scale
+    /// (`addresses` is the one it goes to); null when stable. A scale
+    /// resumed from the nodes alone needs both.
+    #[serde(default)]
+    pub previous_addresses: Option<Vec<String>>,
 }
 
 impl Info {

@@ -210,3 +210,72 @@ fn methods_encodings_and_garbage() {
     let log = node.log();
     assert_eq!(log.matches(" ERROR ").count(), before, "{log}");
 }
+
+/// The operator routes read JSON only: a body sent as another type is 415,
+/// as on the data routes, and changes nothing; `/createSnapshots` without a
+/// body needs no type.
+#[test]
+fn operator_routes_refuse_bodies_that_are_not_json() {
+    let node = Node::start();
+    node.put(&["sentinel".into()], 3600);
+    let list = json!({"addresses": [node.addr]}).to_string();
+    for (path, body) in [
+        ("/scale", list.as_str()),
+        ("/prepareScale", list.as_str()),
+        ("/createSnapshots", r#"{"full_sync": true}"#),
+    ] {
+        for ct in ["text/plain", "application/x-www-form-urlencoded"] {
+            assert_error(&post(&node, path, ct, body.as_bytes()), 415, "unsupported_media_type", path);
+        }
+        let r = request(&node.addr, "POST", path, &[], body.as_bytes());
+        assert_error(&r, 415, "unsupported_media_type", path);
+    }
+    let r = request(&node.addr, "POST", "/createSnapshots", &[], b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let (_, info) = node.get_json("/info");
+    assert_eq!((info["epoch"].as_u64(), &info["state"]), (Some(1), &json!("stable")), "{info}");
+    still_correct(&node);
+}
+
+/// `/scale` and `/prepareScale` judge a list alike, on the view just
+/// re-read from the object store: two addresses of one node are refused
+/// (400), a node that missed a scale answers for the cluster as it is now
+/// (409), and so does a node that is in neither list.
+#[test]
+fn scale_and_prepare_scale_refuse_alike() {
+    let objects = tempfile::tempdir().unwrap();
+    let path = objects.path().to_str().unwrap().to_string();
+    // Node 1 would not re-read the view by itself within the test.
+    let env = [("KEYDB_STORAGE_PATH", path.as_str()), ("KEYDB_VIEW_REFRESH_INTERVAL", "10m")];
+    let all = common::addresses(3);
+    let two = all[..2].to_vec();
+    let mut nodes: Vec<Node> = (0..2).map(|id| Node::launch_member(&two, id, &env)).collect();
+    for n in &mut nodes {
+        n.wait_ready();
+    }
+    // A third node of a longer list: in neither list of a scale to one node.
+    let stranger = Node::join_member(&all, 2, &env);
+    let port = nodes[0].port;
+    let alias = vec![two[0].clone(), two[1].clone(), format!("localhost:{port}")];
+    for path in ["/scale", "/prepareScale"] {
+        let (status, body) = nodes[0].post(path, &json!({"addresses": alias}));
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{path}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("same node"), "{path}: {body}");
+        let (status, body) = stranger.post(path, &json!({"addresses": [two[0]]}));
+        assert_eq!((status, body["error"]["code"].as_str()), (409, Some("stale_view")), "{path}: {body}");
+    }
+    // Node 0 alone is told of a scale to itself; node 1 still holds epoch 1.
+    let (status, body) = nodes[0].post("/scale", &json!({"addresses": [two[0]], "expected_epoch": 1}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(nodes[1].get_json("/info").1["epoch"], 1);
+    let back = json!({"addresses": two, "expected_epoch": 1});
+    let (status, prepared) = nodes[1].post("/prepareScale", &back);
+    let (_, scaled) = nodes[1].post("/scale", &back);
+    assert_eq!((status, prepared["error"]["code"].as_str()), (409, Some("stale_view")), "{prepared}");
+    assert_eq!(prepared["error"]["code"], scaled["error"]["code"], "{prepared} {scaled}");
+    for n in &nodes {
+        let (_, info) = n.get_json("/info");
+        assert_eq!((info["epoch"].as_u64(), &info["addresses"]), (Some(2), &json!([two[0]])), "{info}");
+        assert_eq!(info["previous_addresses"], json!(two), "{info}");
+    }
+}

@@ -575,6 +575,10 @@ impl Handler<GetInfo> for RouterActor {
             last_snapshot_timestamp: self.deps.last_snapshot.load(Ordering::Relaxed),
             cluster_id: self.stored.cluster_id.clone(),
             conditional_writes: self.deps.store.conditional_writes(),
+            previous_addresses: match self.stored.state {
+                ClusterState::Scaling => self.stored.previous_addresses.clone(),
+                ClusterState::Stable => None,
+            },
         })
     }
 }

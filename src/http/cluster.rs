@@ -82,36 +82,42 @@ fn raced() -> ApiError {
     }
 }
 
-/// `POST /scale {"addresses": [...]}`.
-pub async fn scale(
-    req: actix_web::HttpRequest,
-    state: State,
+/// Reads a `/scale` or `/prepareScale` body: JSON only, a valid list.
+async fn scale_body(
+    req: &actix_web::HttpRequest,
+    state: &AppState,
     body: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let body = super::data::read_body(&req, body, state.max_body_bytes).await?;
+) -> Result<ScaleBody, ApiError> {
+    super::data::require_json(req)?;
+    let body = super::data::read_body(req, body, state.max_body_bytes).await?;
     let body: ScaleBody =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-    let next = body.addresses;
-    let expected_epoch = body.expected_epoch;
-    if !valid_address_list(&next) {
+    if !valid_address_list(&body.addresses) {
         return Err(ApiError::BadRequest("addresses must be a non-empty list of distinct host:port".into()));
     }
-    let _guard = state.scale_lock.lock().await;
-    let (current, version) = current_view(&state).await?;
+    Ok(body)
+}
+
+/// What `/scale` and `/prepareScale` refuse, judged on the view just
+/// re-read from the object store, so that both answer a request alike:
+/// another epoch than the caller's, a scale still under way, a list that
+/// does not keep the current nodes first, and a node that is in neither
+/// list (the request was sent to a node that is not this cluster's).
+fn refusal(
+    current: &StoredView,
+    next: &[String],
+    expected_epoch: Option<u64>,
+    node_id: u32,
+) -> Option<ApiError> {
     if next.len() > current.total_hash_ranges as usize {
-        return Err(ApiError::BadRequest(format!(
+        return Some(ApiError::BadRequest(format!(
             "{} nodes for {} hash ranges: every node needs a range",
             next.len(),
             current.total_hash_ranges
         )));
     }
-    if current.addresses == next {
-        // This scale is under way or done already (e.g. another node was
-        // told first): nothing to change.
-        return Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": current.epoch})));
-    }
     if let Some(expected) = expected_epoch.filter(|&e| e != current.epoch) {
-        return Err(ApiError::Conflict {
+        return Some(ApiError::Conflict {
             kind: Conflict::StaleView,
             message: format!(
                 "the cluster is at epoch {} with {:?}, not at epoch {expected}: read /info and decide again",
@@ -120,17 +126,77 @@ pub async fn scale(
         });
     }
     if current.state == ClusterState::Scaling {
-        return Err(ApiError::Conflict {
+        return Some(ApiError::Conflict {
             kind: Conflict::ScaleInProgress,
             message: format!("epoch {} is still scaling: finish it with scaleComplete first", current.epoch),
         });
     }
-    if !(next.starts_with(&current.addresses) || current.addresses.starts_with(&next)) {
-        return Err(ApiError::BadRequest(format!(
+    if !(next.starts_with(&current.addresses) || current.addresses.starts_with(next)) {
+        return Some(ApiError::BadRequest(format!(
             "the new list must keep the current nodes first, in order ({:?}): grow by appending, shrink by \
              removing from the end",
             current.addresses
         )));
+    }
+    let id = node_id as usize;
+    if id >= current.addresses.len() && id >= next.len() {
+        return Some(ApiError::Conflict {
+            kind: Conflict::StaleView,
+            message: format!(
+                "this node is node {node_id}, in neither the cluster's list ({} nodes) nor the new one ({} \
+                 nodes): it was sent to an address that is not the cluster's; read /info and decide again",
+                current.addresses.len(),
+                next.len()
+            ),
+        });
+    }
+    None
+}
+
+/// How long the addresses of a new list may take to resolve.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Two addresses of `list` that name the same socket (`localhost:P` and
+/// `127.0.0.1:P`): one node would stand at two indexes, and the ranges of
+/// one of them would be refused for ever. An address that does not
+/// resolve (here, now) proves nothing and is let through: reaching every
+/// node of the list is the operator's check (`keydb-admin scale`), which
+/// also asks each node which it is.
+async fn same_node_twice(list: &[String]) -> Option<ApiError> {
+    let mut seen: Vec<(std::net::SocketAddr, &String)> = Vec::new();
+    for address in list {
+        let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(address.as_str())).await;
+        let Ok(Ok(sockets)) = resolved else { continue };
+        let sockets: Vec<std::net::SocketAddr> = sockets.collect();
+        if let Some((socket, other)) = seen.iter().find(|(s, _)| sockets.contains(s)) {
+            return Some(ApiError::BadRequest(format!(
+                "{other} and {address} are the same node (both reach {socket}): list each node once"
+            )));
+        }
+        seen.extend(sockets.into_iter().map(|s| (s, address)));
+    }
+    None
+}
+
+/// `POST /scale {"addresses": [...]}`.
+pub async fn scale(
+    req: actix_web::HttpRequest,
+    state: State,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let ScaleBody { addresses: next, expected_epoch } = scale_body(&req, &state, body).await?;
+    let _guard = state.scale_lock.lock().await;
+    let (current, version) = current_view(&state).await?;
+    if current.addresses == next {
+        // This scale is under way or done already (e.g. another node was
+        // told first): nothing to change.
+        return Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": current.epoch})));
+    }
+    if let Some(refused) = refusal(&current, &next, expected_epoch, state.node_id) {
+        return Err(refused);
+    }
+    if let Some(refused) = same_node_twice(&next).await {
+        return Err(refused);
     }
     let view = StoredView {
         epoch: current.epoch + 1,
@@ -161,35 +227,17 @@ pub async fn prepare_scale(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     use futures_util::stream::{self, StreamExt};
-    let body = super::data::read_body(&req, body, state.max_body_bytes).await?;
-    let body: ScaleBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-    let next = body.addresses;
-    if !valid_address_list(&next) {
-        return Err(ApiError::BadRequest("addresses must be a non-empty list of distinct host:port".into()));
+    let ScaleBody { addresses: next, expected_epoch } = scale_body(&req, &state, body).await?;
+    // Re-read, as `/scale` does: a node that missed a scale must not load
+    // ahead (and answer 200) for a cluster that has moved on.
+    let (current, _) = current_view(&state).await?;
+    if let Some(refused) = refusal(&current, &next, expected_epoch, state.node_id) {
+        return Err(refused);
     }
-    let current = state.router.send(GetStoredView).await.map_err(internal)?;
-    if body.expected_epoch.is_some_and(|e| e != current.epoch) {
-        return Err(ApiError::Conflict {
-            kind: Conflict::StaleView,
-            message: format!("the cluster is at epoch {}: read /info and decide again", current.epoch),
-        });
-    }
-    if current.state == ClusterState::Scaling {
-        return Err(ApiError::Conflict {
-            kind: Conflict::ScaleInProgress,
-            message: format!("epoch {} is still scaling: finish it with scaleComplete first", current.epoch),
-        });
+    if let Some(refused) = same_node_twice(&next).await {
+        return Err(refused);
     }
     let total = current.total_hash_ranges;
-    if next.len() > total as usize
-        || !(next.starts_with(&current.addresses) || current.addresses.starts_with(&next))
-    {
-        return Err(ApiError::BadRequest(format!(
-            "the new list must keep the current nodes first, in order ({:?}), with at most {total} nodes",
-            current.addresses
-        )));
-    }
     let epoch = current.epoch;
     let ranges = state
         .router

@@ -30,13 +30,30 @@ pub async fn claim(req: HttpRequest, body: web::Payload, state: State) -> Result
     serve(Verb::Claim, req, body, state).await
 }
 
-fn format_of(req: &HttpRequest) -> Result<Format, ApiError> {
+/// The media type of the body, without its parameters, lower case ("" if
+/// none), and the header as sent for the error message.
+fn media_type(req: &HttpRequest) -> (String, String) {
     let raw = req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("<not text>"));
     let essence = raw.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match essence.as_str() {
-        "application/json" => Ok(Format::Json),
-        "application/octet-stream" => Ok(Format::Binary),
-        _ => Err(ApiError::UnsupportedMediaType(raw.unwrap_or("none").to_string())),
+    (essence, raw.unwrap_or("none").to_string())
+}
+
+fn format_of(req: &HttpRequest) -> Result<Format, ApiError> {
+    match media_type(req) {
+        (essence, _) if essence == "application/json" => Ok(Format::Json),
+        (essence, _) if essence == "application/octet-stream" => Ok(Format::Binary),
+        (_, got) => Err(ApiError::UnsupportedMediaType {
+            got,
+            accepted: "application/json or application/octet-stream",
+        }),
+    }
+}
+
+/// The operator routes read JSON only.
+pub(super) fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    match media_type(req) {
+        (essence, _) if essence == "application/json" => Ok(()),
+        (_, got) => Err(ApiError::UnsupportedMediaType { got, accepted: "application/json" }),
     }
 }
 

@@ -16,8 +16,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("unsupported content type {0:?}: use application/json or application/octet-stream")]
-    UnsupportedMediaType(String),
+    /// A body in another format than the route reads: what came, and what
+    /// the route takes.
+    #[error("unsupported content type {got:?}: use {accepted}")]
+    UnsupportedMediaType { got: String, accepted: &'static str },
     #[error("{message}")]
     WrongNode { message: String, view: ViewWire },
     #[error("{message}")]
@@ -55,7 +57,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::WrongNode { .. } => "wrong_node",
             ApiError::Unavailable { .. } | ApiError::Starting(_) => "unavailable",
             ApiError::Unauthorized => "unauthorized",
@@ -92,7 +94,7 @@ pub fn error_codes() -> Vec<(u16, &'static str)> {
     let all = [
         ApiError::BadRequest(s()),
         ApiError::PayloadTooLarge { limit: 0 },
-        ApiError::UnsupportedMediaType(s()),
+        ApiError::UnsupportedMediaType { got: s(), accepted: "" },
         ApiError::WrongNode { message: s(), view: view.clone() },
         ApiError::Unavailable { message: s(), view, retry_after: Duration::from_secs(1) },
         ApiError::Starting(s()),
@@ -111,7 +113,7 @@ pub fn error_codes() -> Vec<(u16, &'static str)> {
         match e {
             ApiError::BadRequest(_)
             | ApiError::PayloadTooLarge { .. }
-            | ApiError::UnsupportedMediaType(_)
+            | ApiError::UnsupportedMediaType { .. }
             | ApiError::WrongNode { .. }
             | ApiError::Unavailable { .. }
             | ApiError::Starting(_)
@@ -166,7 +168,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::WrongNode { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Unavailable { .. } | ApiError::Starting(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,

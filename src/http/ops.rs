@@ -97,8 +97,10 @@ pub async fn create_snapshots(
 ) -> Result<HttpResponse, ApiError> {
     let body = super::data::read_body(&req, body, state.max_body_bytes).await?;
     let body: CreateSnapshotsBody = if body.iter().all(u8::is_ascii_whitespace) {
+        // No body: no format to judge, whatever the header says.
         CreateSnapshotsBody::default()
     } else {
+        super::data::require_json(&req)?;
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
     };
     let result = state
