@@ -182,11 +182,11 @@ fn an_interrupted_scale_add_resumes_with_the_same_command() {
     assert_eq!(status, 200, "{body}");
     let (code, out, err) = admin(&["--addresses", &all[0], "scale", "--add", &all[1]], None);
     assert_eq!(code, 0, "resuming with the same --add: {out}{err}");
-    // Progress on stderr (one line per change, not a terminal), the summary on stdout.
+    // Progress on stderr (one line per change, not a terminal), the summary
+    // on stdout; the switch was made, so no snapshot or load ahead again.
     for line in [
-        "scaling ",
-        "[1/5] snapshotting every range ahead of the move",
-        "[2/5] loading the moving ranges ahead on their new owners",
+        "scaling 1 -> 2 nodes: 64 of 128 ranges move",
+        "resuming the scale in progress (epoch 2)",
         "[3/5] switching to the new view",
         "[4/5] waiting for ",
         "      loaded ",
@@ -194,12 +194,102 @@ fn an_interrupted_scale_add_resumes_with_the_same_command() {
     ] {
         assert!(err.lines().any(|l| l.starts_with(line)), "no line {line:?} in:\n{err}");
     }
-    assert!(out.starts_with("scaled ") && out.contains(" ranges moved in "), "{out}");
+    assert!(!err.contains("[1/5]") && !err.contains("[2/5]"), "{err}");
+    assert!(out.starts_with("scaled 1 -> 2 nodes (epoch 2): 64 ranges moved (a scale resumed) in "), "{out}");
     let (_, info) = node0.get_json("/info");
     assert_eq!(info["state"], "stable", "{info}");
     assert_eq!(info["addresses"], serde_json::json!(all), "{info}");
 }
 
+/// Stable and scaling, as every node of `addresses` shows it.
+fn views(addresses: &[String]) -> Vec<(u64, String, Value)> {
+    addresses
+        .iter()
+        .map(|a| {
+            let info = common::request(a, "GET", "/info", &[], b"").json();
+            (
+                info["epoch"].as_u64().unwrap(),
+                info["state"].as_str().unwrap().to_string(),
+                info["addresses"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// A scale interrupted after its switch resumes with the same `scale
+/// --remove` (the nodes show the list before the scale), reports the
+/// ranges that scale moved, and completes it on the removed node too;
+/// another `--remove` names the `--to` that resumes it and changes nothing.
+#[test]
+fn an_interrupted_scale_remove_resumes_with_the_same_command() {
+    let cluster = Cluster::start(3, &[("KEYDB_SNAPSHOT_INTERVAL", "0s")]);
+    let all = &cluster.addresses;
+    let keys = common::keys("remove", 500);
+    let mut put = vec!["--addresses", all[0].as_str(), "--json", "put", "--ttl", "1h"];
+    put.extend(keys.iter().map(String::as_str));
+    json(&put, None);
+    let two = all[..2].to_vec();
+    // The interruption: the new view reached node 0 only.
+    let (status, body) = common::post_json(&all[0], "/scale", &serde_json::json!({"addresses": two}));
+    assert_eq!(status, 200, "{body}");
+    let before = views(&all[..1]);
+    let (code, out, err) = admin(&["--addresses", &all[0], "scale", "--remove", "2"], None);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let resume = format!("scale --to {}", two.join(","));
+    assert!(err.contains("scaling from 3 to 2 nodes") && err.contains(&resume), "{err}");
+    assert_eq!(views(&all[..1]), before, "the refused scale changed the cluster");
+
+    let (code, out, err) = admin(&["--addresses", &all[0], "--json", "scale", "--remove", "1"], None);
+    assert_eq!(code, 0, "resuming with the same --remove: {out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    let moved = keydb::assignment::moves(128, 3, 2).len();
+    assert_eq!((v["from"].as_u64(), v["to"].as_u64()), (Some(3), Some(2)), "{v}");
+    assert_eq!((v["ranges_moved"].as_u64(), &v["resumed"]), (Some(moved as u64), &Value::Bool(true)), "{v}");
+    for (epoch, state, addresses) in views(all) {
+        assert_eq!((epoch, state.as_str(), addresses), (2, "stable", serde_json::json!(two)));
+    }
+    let got = json(&["--addresses", &all[0], "--json", "get", "remove-0", "remove-499"], None);
+    assert_eq!(got["exists"], serde_json::json!([true, true]));
+}
+
+/// `scale` checks the new list before it switches: an address where no
+/// node answers, a second address of a node of the cluster, and a node
+/// started with another `KEYDB_NODE_ID` than its index are each refused
+/// with one line naming the address, exit 1, and the cluster unchanged.
+#[test]
+fn scale_refuses_a_new_list_its_nodes_do_not_answer_to() {
+    let cluster = Cluster::start(2, &[]);
+    let all = common::addresses(4);
+    let a = cluster.addresses[0].as_str();
+    let nobody = all[0].clone();
+    let alias = format!("localhost:{}", cluster.nodes[1].port);
+    // Started as node 3 of a list in which it stands third.
+    let list = [cluster.addresses[0].clone(), cluster.addresses[1].clone(), all[1].clone(), all[2].clone()];
+    let path = cluster.objects.path().to_str().unwrap().to_string();
+    let wrong = common::Node::join_member(&list, 3, &[("KEYDB_STORAGE_PATH", path.as_str())]);
+    let before = views(&cluster.addresses);
+    for (add, says) in [
+        (nobody.as_str(), format!("{nobody} (node 2 of the new list) does not answer")),
+        (
+            alias.as_str(),
+            format!(
+                "{alias} (node 2 of the new list) answers as node 1 (the node at {})",
+                cluster.addresses[1]
+            ),
+        ),
+        (wrong.addr.as_str(), format!("{} (node 2 of the new list) answers as node 3, not 2", wrong.addr)),
+    ] {
+        // A bound on the retries of a switch that cannot be made.
+        let (code, out, err) = admin(&["--addresses", a, "scale", "--add", add, "--timeout", "10s"], None);
+        assert_eq!(code, 1, "--add {add}: {out}{err}");
+        let said = err.lines().filter(|l| l.starts_with("keydb-admin: ")).collect::<Vec<_>>();
+        assert_eq!(said.len(), 1, "--add {add}: {err}");
+        assert!(said[0].contains(&says) && said[0].contains("nothing was changed"), "--add {add}: {err}");
+        assert!(!err.contains("[1/5]"), "--add {add}: checked only after a snapshot: {err}");
+        assert_eq!(views(&cluster.addresses), before, "--add {add} changed the cluster");
+    }
+}
 /// Operator details: `info` with a node down shows the others and marks it
 /// (exit 1); `--node` past the cluster, an empty or oversized key and an
 /// address without a port are bad usage (exit 2); with `--json`, errors are

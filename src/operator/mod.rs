@@ -37,6 +37,17 @@ pub enum OperatorError {
          see `keydb-admin info`"
     )]
     Overtaken { address: String, theirs: u64, ours: u64 },
+    /// A node of the new list is not there to take its ranges (one clause
+    /// per node): nothing was changed.
+    #[error("the new list is not ready, nothing was changed: {0}")]
+    NewListNotReady(String),
+    /// The cluster is scaling to another list than the one asked for.
+    #[error(
+        "the cluster is scaling from {from} to {} nodes (epoch {epoch}), not to the list asked for; \
+         finish that scale first with: {resume}",
+        .resume.to.len()
+    )]
+    ScalingElsewhere { epoch: u64, from: usize, resume: Box<scale::Resume> },
     #[error("step 3 (waiting for handoffs) timed out after {timeout:?}; resume with: {resume}")]
     TimedOut { timeout: std::time::Duration, resume: Box<scale::Resume> },
     #[error("{} not found: build it with `cargo build --release --bins`", .0.display())]

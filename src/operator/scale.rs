@@ -15,6 +15,7 @@ use super::OperatorError;
 use crate::assignment;
 use crate::backoff::Backoff;
 use crate::client::{bare, Client, ClientError};
+use crate::view::ClusterState;
 
 /// Between two attempts of a step that failed for a reason that may pass.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -129,6 +130,10 @@ impl std::fmt::Display for Progress {
 pub enum Event<'a> {
     /// Before anything changes.
     Planned { from: usize, to: usize, moved: usize, total_hash_ranges: u32 },
+    /// The new list is checked: every node answers as the node of its index.
+    Checking { nodes: usize },
+    /// A scale in progress (its switch made) is resumed at step 3.
+    Resuming { epoch: u64 },
     /// Step 1 starts.
     Snapshotting,
     /// Step 2 starts.
@@ -157,6 +162,13 @@ impl std::fmt::Display for Event<'_> {
             Event::Planned { from, to, moved, total_hash_ranges } => {
                 write!(f, "scaling {from} -> {to} nodes: {moved} of {total_hash_ranges} ranges move")
             }
+            Event::Checking { nodes } => {
+                write!(f, "      checking that the {nodes} nodes of the new list answer, each as its index")
+            }
+            Event::Resuming { epoch } => write!(
+                f,
+                "resuming the scale in progress (epoch {epoch}): switched already, so steps 1 and 2 are skipped"
+            ),
             Event::Snapshotting => f.write_str("[1/5] snapshotting every range ahead of the move"),
             Event::LoadingAhead => f.write_str("[2/5] loading the moving ranges ahead on their new owners"),
             Event::LoadedAhead { what, node, ranges, entries } => {
@@ -184,6 +196,8 @@ pub struct Report {
     pub from: usize,
     pub to: usize,
     pub ranges_moved: usize,
+    /// Whether this run resumed a scale in progress (steps 3 to 5 only).
+    pub resumed: bool,
     /// When the scale started, to line its steps up with other records.
     pub started_at: SystemTime,
     /// Step 1.
@@ -208,6 +222,10 @@ pub struct Scale<'a> {
     pub next: Vec<String>,
     /// Ranges that move.
     pub moved: usize,
+    /// The cluster's id, which every node of the new list must show.
+    cluster_id: String,
+    /// The epoch of the scale in progress this one resumes.
+    resuming: Option<u64>,
     timeout: Duration,
     started: Instant,
     started_at: SystemTime,
@@ -216,15 +234,37 @@ pub struct Scale<'a> {
 }
 
 impl<'a> Scale<'a> {
-    /// Reads the current list from the cluster and plans the scale to
+    /// Reads the current view from the cluster and plans the scale to
     /// `target`; the steps give up `timeout` from now. Changes nothing.
+    ///
+    /// If the cluster is scaling already, this is that scale resumed when
+    /// `target` asks for the list it goes to (from the list before it, as
+    /// the nodes show both), and an error naming the command that resumes
+    /// it otherwise.
     pub async fn plan(
         client: &'a Client,
         target: &Target,
         timeout: Duration,
     ) -> Result<Scale<'a>, OperatorError> {
-        let old = client.get_node_info(0).await?.addresses;
-        let next = target.next(&old)?;
+        let info = client.get_node_info(0).await?;
+        let (old, next, resuming) = match (info.state, info.previous_addresses.clone()) {
+            (ClusterState::Scaling, Some(before)) => {
+                let asked = target.next(&before)?;
+                if asked != info.addresses {
+                    return Err(OperatorError::ScalingElsewhere {
+                        epoch: info.epoch,
+                        from: before.len(),
+                        resume: Box::new(Resume { address: before[0].clone(), to: info.addresses }),
+                    });
+                }
+                (before, asked, true)
+            }
+            // A node too old to show the list before: as the list is now.
+            _ => {
+                let next = target.next(&info.addresses)?;
+                (info.addresses, next, false)
+            }
+        };
         let total = client.config().total_hash_ranges;
         let moved = assignment::moves(total, old.len() as u32, next.len() as u32).len();
         let started = Instant::now();
@@ -233,12 +273,20 @@ impl<'a> Scale<'a> {
             old,
             next,
             moved,
+            cluster_id: info.cluster_id,
+            resuming: resuming.then_some(info.epoch),
             timeout,
             started,
             started_at: SystemTime::now(),
             deadline: started + timeout,
             events: Box::new(|_| {}),
         })
+    }
+
+    /// The epoch of the scale in progress that this one resumes (its switch
+    /// was made: nothing is snapshotted or loaded ahead again).
+    pub fn resuming(&self) -> Option<u64> {
+        self.resuming
     }
 
     /// Tells `events` what the scale does from now on.
@@ -259,7 +307,7 @@ impl<'a> Scale<'a> {
         everyone
     }
 
-    /// All five steps.
+    /// All five steps; a resumed scale starts at the switch (step 3).
     pub async fn run(mut self) -> Result<Report, OperatorError> {
         (self.events)(Event::Planned {
             from: self.old.len(),
@@ -267,9 +315,17 @@ impl<'a> Scale<'a> {
             moved: self.moved,
             total_hash_ranges: self.client.config().total_hash_ranges,
         });
-        self.snapshot().await?;
+        if let Some(epoch) = self.resuming {
+            (self.events)(Event::Resuming { epoch });
+        } else {
+            // Early, before anything is snapshotted; again before the switch.
+            self.check_new_list().await?;
+            self.snapshot().await?;
+        }
         let snapshot = self.started.elapsed();
-        self.load_ahead().await?;
+        if self.resuming.is_none() {
+            self.load_ahead().await?;
+        }
         let prepared = self.started.elapsed();
         let epoch = self.switch().await?;
         let switched = self.started.elapsed();
@@ -281,6 +337,7 @@ impl<'a> Scale<'a> {
             from: self.old.len(),
             to: self.next.len(),
             ranges_moved: self.moved,
+            resumed: self.resuming.is_some(),
             started_at: self.started_at,
             snapshot,
             prepare: prepared - snapshot,
@@ -288,6 +345,46 @@ impl<'a> Scale<'a> {
             switch: switched - prepared,
             total: self.started.elapsed(),
         })
+    }
+
+    /// Whether every node of the new list is there to take its ranges: it
+    /// answers `/info` at its address, as the node of its index in the
+    /// list, in this cluster (same id, same number of hash ranges). A
+    /// switch to a list that fails this leaves ranges refused (421) towards
+    /// an address no node of the cluster serves, until the scale is
+    /// completed by a node that does: so nothing is switched.
+    ///
+    /// The node checks only what it can alone (the list's shape, two
+    /// addresses that resolve to the same socket): it has no token or
+    /// client certificate for its peers, and the operator's view of the
+    /// addresses (the one clients will use) is what must hold.
+    pub async fn check_new_list(&mut self) -> Result<(), OperatorError> {
+        (self.events)(Event::Checking { nodes: self.next.len() });
+        let total = self.client.config().total_hash_ranges;
+        let mut problems = Vec::new();
+        for (index, address) in self.next.iter().enumerate() {
+            let problem = match self.client.get_info_at(address).await {
+                Err(ClientError::Unavailable { reason, .. }) => format!("does not answer ({reason})"),
+                Err(e) => format!("does not answer ({e})"),
+                Ok(i) if i.node_id as usize != index => {
+                    let is = match self.next.get(i.node_id as usize).or(self.old.get(i.node_id as usize)) {
+                        Some(a) => format!(" (the node at {a})"),
+                        None => String::new(),
+                    };
+                    format!("answers as node {}{is}, not {index}", i.node_id)
+                }
+                Ok(i) if i.total_hash_ranges != total || i.cluster_id != self.cluster_id => format!(
+                    "is a node of another cluster (id {:?} with {} hash ranges, not {:?} with {total})",
+                    i.cluster_id, i.total_hash_ranges, self.cluster_id
+                ),
+                Ok(_) => continue,
+            };
+            problems.push(format!("{address} (node {index} of the new list) {problem}"));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(OperatorError::NewListNotReady(problems.join("; ")))
     }
 
     /// Step 1: snapshots every range, so that the new owners load little
@@ -331,8 +428,13 @@ impl<'a> Scale<'a> {
         }
     }
 
-    /// Step 3: every node adopts the new view; returns its epoch.
+    /// Step 3: every node adopts the new view; returns its epoch. Checks
+    /// the new list first ([`Scale::check_new_list`]) unless the switch
+    /// was made already (a resumed scale).
     pub async fn switch(&mut self) -> Result<u64, OperatorError> {
+        if self.resuming.is_none() {
+            self.check_new_list().await?;
+        }
         (self.events)(Event::Switching);
         let (client, next) = (self.client, self.next.clone());
         self.retrying(3, "scale", false, || client.scale(&next)).await

@@ -384,7 +384,7 @@ async fn scale(cli: &Cli, target: &Target, timeout: Duration) -> Result<()> {
         let moved_at = prepared + report.handoff;
         print_json(&serde_json::json!({
             "success": true, "epoch": report.epoch, "from": report.from, "to": report.to,
-            "ranges_moved": report.ranges_moved, "snapshot_seconds": report.snapshot.as_secs_f64(),
+            "ranges_moved": report.ranges_moved, "resumed": report.resumed, "snapshot_seconds": report.snapshot.as_secs_f64(),
             "prepare_seconds": report.prepare.as_secs_f64(), "switch_seconds": report.switch.as_secs_f64(),
             "move_seconds": report.handoff.as_secs_f64(),
             "complete_seconds": (report.total - moved_at).as_secs_f64(),
@@ -397,11 +397,12 @@ async fn scale(cli: &Cli, target: &Target, timeout: Duration) -> Result<()> {
         }));
     } else {
         println!(
-            "scaled {} -> {} nodes (epoch {}): {} ranges moved in {:.1}s (snapshot {:.1}s, load ahead {:.1}s, switch, handoff and load {:.1}s)",
+            "scaled {} -> {} nodes (epoch {}): {} ranges moved{} in {:.1}s (snapshot {:.1}s, load ahead {:.1}s, switch, handoff and load {:.1}s)",
             report.from,
             report.to,
             report.epoch,
             report.ranges_moved,
+            if report.resumed { " (a scale resumed)" } else { "" },
             report.total.as_secs_f64(),
             report.snapshot.as_secs_f64(),
             report.prepare.as_secs_f64(),
