@@ -449,3 +449,66 @@ fn local_cluster_reports_a_dead_node() {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// `local-cluster` whose nodes all exit (here: their ports are taken by
+/// another local cluster, which answers in their place while they start)
+/// stops with one line and the nodes' exit code 2, instead of running on.
+#[test]
+fn local_cluster_stops_when_every_node_exited() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_pair();
+    let mut first = Stopped(
+        Command::new(ADMIN)
+            .args(["local-cluster", "--nodes", "2", "--base-port", &base.to_string(), "--dir"])
+            .arg(dir.path().join("first"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let a = format!("127.0.0.1:{base}");
+    common::wait_until("the first local cluster to serve", std::time::Duration::from_secs(60), || {
+        admin(&["--addresses", &a, "--json", "info"], None).0 == 0
+    });
+    let mut second = Stopped(
+        Command::new(ADMIN)
+            .args(["local-cluster", "--nodes", "2", "--base-port", &base.to_string(), "--dir"])
+            .arg(dir.path().join("second"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = second.0.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("the second local cluster runs on with none of its nodes");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(last.starts_with("keydb-admin: ") && last.contains("exit status: 2"), "{err}");
+    // The first cluster is unharmed.
+    assert_eq!(json(&["--addresses", &a, "--json", "info"], None).as_array().unwrap().len(), 2);
+    Command::new("kill").args(["-TERM", &first.0.id().to_string()]).status().unwrap();
+    assert!(first.0.wait().unwrap().success());
+}
+
+/// A `local-cluster` process, stopped with SIGTERM (which stops its nodes)
+/// if the test fails while it runs.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let _ = self.0.wait();
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! A cluster of local `keydb-node` processes on consecutive ports of
 //! 127.0.0.1, sharing one folder object store: started together, watched
-//! (a node that dies is reported once), and stopped together with SIGTERM,
+//! (a node that dies is reported once, and the watch ends when none is
+//! left), and stopped together with SIGTERM,
 //! also when the [`LocalCluster`] is dropped, so that no node outlives it.
 
 use std::path::{Path, PathBuf};
@@ -20,8 +21,15 @@ pub struct LocalCluster {
     dir: PathBuf,
     addresses: Vec<String>,
     children: Vec<Child>,
-    /// Whether [`LocalCluster::watch`] reported node i's exit already.
-    reported: Vec<bool>,
+}
+
+/// Why [`LocalCluster::watch`] returned.
+#[derive(Debug)]
+pub enum Watched {
+    /// The stop signal came.
+    Stopped,
+    /// No node is left running: each one's exit status, in node order.
+    AllExited(Vec<ExitStatus>),
 }
 
 impl LocalCluster {
@@ -46,8 +54,7 @@ impl LocalCluster {
         }
         let addresses: Vec<String> = (base_port..=last_port).map(|p| format!("127.0.0.1:{p}")).collect();
         std::fs::create_dir_all(dir)?;
-        let mut cluster =
-            LocalCluster { dir: dir.to_path_buf(), addresses, children: Vec::new(), reported: Vec::new() };
+        let mut cluster = LocalCluster { dir: dir.to_path_buf(), addresses, children: Vec::new() };
         for id in 0..cluster.addresses.len() {
             // On an error the nodes started so far stop with `cluster`.
             let log = std::fs::File::create(cluster.log(id))?;
@@ -67,7 +74,6 @@ impl LocalCluster {
                     error,
                 })?;
             cluster.children.push(child);
-            cluster.reported.push(false);
         }
         Ok(cluster)
     }
@@ -110,23 +116,33 @@ impl LocalCluster {
     }
 
     /// Watches the nodes until `stop` completes, telling `exited` of each
-    /// node that exits (once; the others keep running). Does not stop them.
+    /// node that exits while others run (once; the others keep running).
+    /// Does not stop them. Returns early, with every node's exit status, once
+    /// none is left running: those that exit last are not told to `exited`.
     pub async fn watch(
         &mut self,
         stop: impl std::future::Future<Output = ()>,
         mut exited: impl FnMut(usize, ExitStatus),
-    ) {
+    ) -> Watched {
         let mut check = tokio::time::interval(WATCH_POLL);
+        let mut statuses: Vec<Option<ExitStatus>> = vec![None; self.children.len()];
         tokio::pin!(stop);
         loop {
             tokio::select! {
-                _ = &mut stop => return,
+                _ = &mut stop => return Watched::Stopped,
                 _ = check.tick() => {
+                    let mut fresh = Vec::new();
                     for (id, child) in self.children.iter_mut().enumerate() {
-                        if let (false, Ok(Some(status))) = (self.reported[id], child.try_wait()) {
-                            self.reported[id] = true;
-                            exited(id, status);
+                        if let (None, Ok(Some(status))) = (statuses[id], child.try_wait()) {
+                            statuses[id] = Some(status);
+                            fresh.push((id, status));
                         }
+                    }
+                    if let Some(all) = statuses.iter().copied().collect::<Option<Vec<_>>>() {
+                        return Watched::AllExited(all);
+                    }
+                    for (id, status) in fresh {
+                        exited(id, status);
                     }
                 }
             }

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use keydb::assignment;
 use keydb::client::{Client, Config};
-use keydb::operator::local_cluster::LocalCluster;
+use keydb::operator::local_cluster::{LocalCluster, Watched};
 use keydb::operator::scale::{Event, Scale, Target};
 use keydb::operator::{self, OperatorError};
 
@@ -429,7 +429,14 @@ async fn local_cluster(nodes: u32, base_port: u16, dir: &std::path::Path) -> Res
     // A signal while starting is a normal stop, like one afterwards (the
     // nodes stop when `cluster` is dropped).
     tokio::select! {
-        r = cluster.wait_ready(LOCAL_CLUSTER_READY) => r?,
+        r = cluster.wait_ready(LOCAL_CLUSTER_READY) => match r {
+            // The node's own bad usage (a setting, a port in use) is ours.
+            Err(e @ OperatorError::NodeExited { status, .. }) if status.code() == Some(2) => {
+                drop(cluster);
+                usage(&e.to_string())
+            }
+            r => r?,
+        },
         _ = stopped(&mut terminate, &mut interrupt) => return Ok(()),
     }
     let addresses = cluster.addresses().to_vec();
@@ -441,7 +448,7 @@ async fn local_cluster(nodes: u32, base_port: u16, dir: &std::path::Path) -> Res
     println!("Ctrl-C stops every node.");
     // Says so when a node dies (the others keep running).
     let logs: Vec<_> = (0..addresses.len()).map(|id| cluster.log(id)).collect();
-    cluster
+    let watched = cluster
         .watch(stopped(&mut terminate, &mut interrupt), |id, status| {
             eprintln!(
                 "keydb-admin: node {id} ({}) exited with {status}; see {}",
@@ -450,6 +457,18 @@ async fn local_cluster(nodes: u32, base_port: u16, dir: &std::path::Path) -> Res
             );
         })
         .await;
+    if let Watched::AllExited(statuses) = watched {
+        // Nothing is left to run: stop, with the nodes' own exit code if
+        // they all exited for bad usage (2: a setting, a port in use).
+        let shown: Vec<String> =
+            statuses.iter().enumerate().map(|(id, status)| format!("node {id} {status}")).collect();
+        let code = if statuses.iter().all(|s| s.code() == Some(2)) { 2 } else { 1 };
+        report(
+            &format!("every node exited ({}); see {}", shown.join(", "), dir.join("node-<id>.log").display()),
+            code,
+        );
+        std::process::exit(code.into());
+    }
     println!("stopping...");
     cluster.stop();
     Ok(())
