@@ -4,10 +4,16 @@
 //! until every moved range is handed off and loaded, then complete the
 //! scale on every node.
 //!
+//! Before anything changes, and again before the switch, every node of the
+//! new list must answer as the node of its index in this cluster: a switch
+//! to a list with a missing or misplaced node leaves ranges refused towards
+//! an address no node of the cluster serves.
+//!
 //! Every step is idempotent, so a failed or interrupted scale is resumed by
-//! running it again with the same target (see [`Resume`]). A step that
-//! fails for a reason that may pass (a node restarting, ranges still moving)
-//! is retried until the scale's deadline.
+//! running it again with the same target (see [`Resume`]); once switched,
+//! the nodes show the lists before and after, and the scale resumes at the
+//! switch. A step that fails for a reason that may pass (a node restarting,
+//! ranges still moving) is retried until the scale's deadline.
 
 use std::time::{Duration, Instant, SystemTime};
 
