@@ -19,9 +19,9 @@ pub enum ClusterState {
     Scaling,
 }
 
-/// The wire form of a view, as API.md writes it.
+/// The wire form of a view, as API.md writes it (in `/info`, 421 and 503
+/// answers). Read leniently, as [`crate::wire::Info`] is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ViewWire {
     pub epoch: u64,
     pub addresses: Vec<String>,

@@ -252,9 +252,10 @@ pub struct ClaimResponse<'a> {
     pub epoch: u64,
 }
 
-/// `GET /info` (API.md).
+/// `GET /info` (API.md). Clients read it leniently: a field a newer node
+/// adds must not break an older client (tests/api_doc.rs keeps the node's
+/// fields exactly those of API.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Info {
     pub node_id: u32,
     pub cluster_size: u32,
@@ -426,6 +427,22 @@ mod tests {
 
     fn fp(k: &str) -> Fingerprint {
         Fingerprint::of(k.as_bytes())
+    }
+
+    /// A client reads `/info` and views from a newer node, which may carry
+    /// fields it does not know.
+    #[test]
+    fn info_and_views_from_a_newer_node_are_read() {
+        let info = r#"{"node_id": 1, "cluster_size": 2, "addresses": ["a:1", "b:2"], "epoch": 3,
+            "state": "stable", "total_hash_ranges": 4, "hash_ranges": [1, 3], "range_owners": [0, 1, 0, 1],
+            "ranges_loading": [], "ranges_draining": [], "keys_count": 5, "last_snapshot_timestamp": 0,
+            "a_field_from_the_future": {"x": 1}}"#;
+        let info: Info = serde_json::from_str(info).unwrap();
+        assert_eq!((info.node_id, info.epoch, info.previous_addresses), (1, 3, None));
+        let view =
+            r#"{"epoch": 3, "addresses": ["a:1"], "total_hash_ranges": 4, "state": "scaling", "later": 1}"#;
+        let view: crate::view::ViewWire = serde_json::from_str(view).unwrap();
+        assert_eq!(view.epoch, 3);
     }
 
     #[test]
