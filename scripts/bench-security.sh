@@ -23,8 +23,8 @@ while [ $# -gt 0 ]; do
 done
 
 cargo build --release --locked --bins --example test_certs >&2
-ADMIN=./target/release/keydb-admin
-NODE=./target/release/keydb-node
+ADMIN=${CARGO_TARGET_DIR:-target}/release/keydb-admin
+NODE=${CARGO_TARGET_DIR:-target}/release/keydb-node
 . scripts/lib.sh
 
 tmp=$(mktemp -d -t keydb-bench-sec.XXXXXX)
@@ -32,7 +32,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-./target/release/examples/test_certs "$tmp/tls"
+"${CARGO_TARGET_DIR:-target}"/release/examples/test_certs "$tmp/tls"
 token=$("$ADMIN" --json token --name bench --scope write | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["token"]); open(sys.argv[1], "w").write(d["line"] + "\n")' "$tmp/tokens")
 
 plain=$(free_port); secure=$(free_port)

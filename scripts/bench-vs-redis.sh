@@ -34,8 +34,8 @@ if ! command -v redis-server >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get install -y redis-server >/dev/null; else sudo apt-get install -y redis-server >/dev/null; fi
 fi
 cargo build --release --locked --bins >&2
-ADMIN=./target/release/keydb-admin
-NODE=./target/release/keydb-node
+ADMIN=${CARGO_TARGET_DIR:-target}/release/keydb-admin
+NODE=${CARGO_TARGET_DIR:-target}/release/keydb-node
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
