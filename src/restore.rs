@@ -9,7 +9,7 @@
 //!
 //! Functions here block on file I/O and are called off the actors' threads.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -88,6 +88,46 @@ impl LocalState {
     pub fn write(&self, data_dir: &Path) -> Result<(), RestoreError> {
         // unwrap: plain fields always serialize.
         write_atomically(&data_dir.join("local.json"), &serde_json::to_vec_pretty(self).unwrap())
+    }
+}
+
+/// `segments.json`: for each range, the segments of its chain that this
+/// disk covers, as of the last manifest this node wrote for it (a node's
+/// table holds its whole chain when it writes a manifest, and its disk
+/// holds the table once the range is listed complete in `local.json`).
+/// A range started from the disk merges the segments of the store's chain
+/// that are not listed here before it serves: they were written after this
+/// copy of the disk (a data folder restored from an older copy), and a
+/// first full snapshot without them would delete them from the store.
+/// A missing or stale record only costs reading more of the chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownSegments {
+    pub ranges: BTreeMap<u32, BTreeSet<String>>,
+}
+
+impl KnownSegments {
+    fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("segments.json")
+    }
+
+    /// The record, or an empty one if there is none or it is damaged.
+    pub fn read(data_dir: &Path) -> KnownSegments {
+        let path = Self::path(data_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                log::warn!(
+                    "{} is corrupt ({e}): ranges started from disk read their whole chain",
+                    path.display()
+                );
+                KnownSegments::default()
+            }),
+            Err(_) => KnownSegments::default(),
+        }
+    }
+
+    pub fn write(&self, data_dir: &Path) -> Result<(), RestoreError> {
+        // unwrap: plain fields always serialize.
+        write_atomically(&Self::path(data_dir), &serde_json::to_vec(self).unwrap())
     }
 }
 

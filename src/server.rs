@@ -545,18 +545,19 @@ async fn restore_ranges(r: Restorer) {
     // One schedule for both steps: a disk that failed the first is likely
     // to fail the second.
     let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
-    let (local, complete) = loop {
+    let (local, complete, mut known) = loop {
         let dir = r.data_dir.clone();
         let total = r.total_hash_ranges;
         let owned = owned.clone();
         let result = tokio::task::spawn_blocking(move || {
             let state = LocalState::read(&dir)?;
+            let known = restore::KnownSegments::read(&dir);
             let local = restore::load_local(&dir, total, &owned, clock::now_secs())?;
-            Ok::<_, restore::RestoreError>((local, state))
+            Ok::<_, restore::RestoreError>((local, state, known))
         })
         .await;
         match result {
-            Ok(Ok((local, state))) => {
+            Ok(Ok((local, state, known))) => {
                 let complete: BTreeSet<u32> = state
                     .filter(|s| {
                         s.total_hash_ranges == r.total_hash_ranges
@@ -564,7 +565,7 @@ async fn restore_ranges(r: Restorer) {
                     })
                     .map(|s| s.ranges)
                     .unwrap_or_default();
-                break (local, complete);
+                break (local, complete, known);
             }
             Ok(Err(e)) => log::error!("cannot read local state (retrying in {:?}): {e}", backoff.peek()),
             Err(e) => log::error!("local restore task failed (retrying in {:?}): {e}", backoff.peek()),
@@ -595,20 +596,31 @@ async fn restore_ranges(r: Restorer) {
                 addr.do_send(Restore { table, wal: wal.clone(), force_full });
                 gained_ranges.push(*range);
             }
-            // The object store may lack what the WAL had: snapshot in full next.
+            // The object store may lack what the WAL had: snapshot in full
+            // next, once the segments the disk lacks are merged.
             StartFrom::Disk => {
-                addr.do_send(Restore { table, wal: wal.clone(), force_full });
-                from_disk.push(*range);
+                let covered = known.ranges.remove(range).unwrap_or_default();
+                from_disk.push((*range, addr.clone(), table, covered, force_full));
             }
             StartFrom::StoreAndDisk => from_store.push((*range, addr.clone(), table)),
         }
     }
-    // Sent even with no range: it also hands the router the WAL.
-    let on_disk = StartFrom::Disk.on_disk();
-    let restored = RangesRestored { ranges: from_disk.clone(), on_disk, wal: wal.clone() };
-    let _ = r.router.send(restored).await;
+    // Hands the router the WAL.
+    let _ = r.router.send(RangesRestored { ranges: Vec::new(), on_disk: false, wal: wal.clone() }).await;
     let on_disk = StartFrom::DiskThenLoad.on_disk();
     let _ = r.router.send(RangesRestored { ranges: gained_ranges, on_disk, wal: wal.clone() }).await;
+    let disk_count = from_disk.len();
+    stream::iter(from_disk)
+        .for_each_concurrent(PARALLEL_RESTORES, |(range, addr, mut table, covered, force_full)| {
+            let (store, router, wal) = (r.store.clone(), r.router.clone(), wal.clone());
+            async move {
+                catch_up_from_store(&store, range, r.total_hash_ranges, &mut table, &covered).await;
+                let _ = addr.send(Restore { table, wal: wal.clone(), force_full }).await;
+                let on_disk = StartFrom::Disk.on_disk();
+                let _ = router.send(RangesRestored { ranges: vec![range], on_disk, wal }).await;
+            }
+        })
+        .await;
     let store_count = from_store.len();
     stream::iter(from_store)
         .for_each_concurrent(PARALLEL_RESTORES, |(range, addr, table)| {
@@ -636,9 +648,58 @@ async fn restore_ranges(r: Restorer) {
     log::info!(
         "all {} ranges restored ({} from disk, {store_count} from the object store) in {:?}",
         owned.len(),
-        from_disk.len(),
+        disk_count,
         started.elapsed()
     );
+}
+
+/// For a range started from the disk: merges the segments of the store's
+/// chain that the disk does not cover (not in `covered`, see
+/// [`restore::KnownSegments`]), retrying until the store answers. On a
+/// disk that is this node's latest there are none, and this costs one
+/// manifest read; on an older copy of the data folder, they are what was
+/// written since, which the range would otherwise answer "absent" for and
+/// its first full snapshot would delete from the store.
+async fn catch_up_from_store(
+    store: &ObjectStore,
+    range: u32,
+    total: u32,
+    table: &mut RangeTable,
+    covered: &BTreeSet<String>,
+) {
+    use crate::actors::loader::{read_segments, Priority};
+    let mut backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY);
+    let skip: std::collections::HashSet<String> = covered.iter().cloned().collect();
+    loop {
+        let result = async {
+            let manifest = layout::read_manifest(store, range, total).await.map_err(|e| e.to_string())?;
+            let Some(manifest) = manifest.filter(|m| m.segments.iter().any(|s| !skip.contains(&s.name)))
+            else {
+                return Ok(None);
+            };
+            read_segments(store, range, total, &manifest, &skip, Priority::Normal).await.map(Some)
+        }
+        .await;
+        match result {
+            Ok(None) => return,
+            Ok(Some(read)) => {
+                let entries: Vec<_> = read.table.iter().collect();
+                restore::merge_all(table, &entries, clock::now_secs());
+                log::warn!(
+                    "range {range}: the object store has {} segment(s) this disk does not cover ({} entries; an \
+                     older copy of the data folder?): merged before serving",
+                    read.names.len(),
+                    read.entries
+                );
+                return;
+            }
+            Err(e) => log::error!(
+                "range {range}: cannot compare the disk with the object store (retrying in {:?}): {e}",
+                backoff.peek()
+            ),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
 }
 
 /// Merges a range's segment chain into `table`, retrying until it works;

@@ -342,3 +342,53 @@ fn sigterm_under_load_keeps_every_acknowledged_key() {
         assert_all_present(&node, &batch);
     }
 }
+
+/// A node started on an older copy of its data folder (a volume restored
+/// from a backup, a VM rolled back) finds in the object store what was
+/// written since, and serves it: before, it answered "absent" for those
+/// keys, and its first full snapshot deleted their segments from the store.
+#[test]
+fn an_older_copy_of_the_data_folder_catches_up_from_the_store() {
+    let mut node = Node::start_with(common::free_port(), &[("KEYDB_SNAPSHOT_INTERVAL", "0s")]);
+    let before = keys("before-copy", 5000);
+    node.put(&before, 3600);
+    assert_eq!(snapshot(&node, false).0, 200);
+    assert_eq!(node.terminate(), Some(0));
+    let data = node.data_dir();
+    let old = node.dir.join("data.old");
+    copy_dir(&data, &old);
+
+    node.restart();
+    let after = keys("after-copy", 5000);
+    node.put(&after, 3600);
+    assert_eq!(snapshot(&node, false).0, 200);
+    assert_eq!(node.terminate(), Some(0));
+
+    // The old copy back in place.
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::rename(&old, &data).unwrap();
+    node.restart();
+    assert_all_present(&node, &before);
+    assert_all_present(&node, &after);
+    // Its first snapshot (in full, as after any start from the disk) keeps
+    // them in the store: an empty disk restores them.
+    assert_eq!(snapshot(&node, false).0, 200);
+    assert_eq!(node.terminate(), Some(0));
+    std::fs::remove_dir_all(&data).unwrap();
+    node.restart();
+    assert_all_present(&node, &before);
+    assert_all_present(&node, &after);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -8,7 +8,7 @@
 //!   checkpoints, and hands off ranges lost in a scale.
 //! - `loader`: the task that loads a range gained in a scale.
 
-mod loader;
+pub(crate) mod loader;
 mod range;
 mod router;
 mod snapshot;

@@ -102,6 +102,33 @@ struct SnapshotDeps {
     /// task at a time (a snapshot or a handoff), while different ranges
     /// proceed in parallel.
     locks: Arc<Vec<tokio::sync::Mutex<()>>>,
+    /// The chains this node wrote last, and where it records them
+    /// ([`restore::KnownSegments`]).
+    known: Arc<std::sync::Mutex<restore::KnownSegments>>,
+    /// Held while the record is written, so that writes land in order.
+    recording: Arc<tokio::sync::Mutex<()>>,
+    data_dir: PathBuf,
+}
+
+impl SnapshotDeps {
+    /// Notes the chain of a manifest this node wrote for `range`.
+    fn note_chain(&self, range: u32, chain: &[SegmentRef]) {
+        let names = chain.iter().map(|s| s.name.clone()).collect();
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).ranges.insert(range, names);
+    }
+
+    /// Writes the record of the chains to the data folder. A failure is
+    /// logged: a stale record only makes the next start read more.
+    async fn record_chains(&self) {
+        let _in_order = self.recording.lock().await;
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let dir = self.data_dir.clone();
+        match tokio::task::spawn_blocking(move || known.write(&dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("cannot record the segments this disk covers: {e}"),
+            Err(e) => log::warn!("recording the segments this disk covers failed: {e}"),
+        }
+    }
 }
 
 static SEGMENT_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -137,6 +164,9 @@ impl SnapshotActor {
                 store,
                 ranges,
                 locks: Arc::new((0..settings.total_hash_ranges).map(|_| Default::default()).collect()),
+                known: Arc::new(std::sync::Mutex::new(restore::KnownSegments::read(&settings.data_dir))),
+                recording: Arc::default(),
+                data_dir: settings.data_dir.clone(),
             },
             data_dir: settings.data_dir.clone(),
             interval: settings.snapshot_interval,
@@ -311,6 +341,7 @@ async fn snapshot_all(job: SnapshotDeps, full: bool) -> Result<SnapshotReport, S
         .buffer_unordered(parallel_ranges())
         .collect()
         .await;
+    job.record_chains().await;
     let mut report = SnapshotReport { ranges: 0, segments: 0, entries: 0, bytes: 0 };
     for result in results.into_iter().flatten() {
         let (entries, bytes) = result?;
@@ -415,6 +446,7 @@ async fn handoff(job: &SnapshotDeps, msg: Handoff) -> Result<(), SnapshotError> 
     if result.is_err() {
         let _ = msg.addr.send(ForceFullSnapshot).await;
     }
+    job.record_chains().await;
     result.map(|(entries, bytes, _)| {
         log::info!(
             "range {range}: handed off for epoch {} ({entries} entries, {bytes} bytes): {}",
@@ -500,6 +532,7 @@ async fn write_segment(
         Err(e) => return Err(store_err(e)),
     }
     steps.mark("manifest written");
+    job.note_chain(range, &next.segments);
     for old in superseded {
         if let Err(e) = job.store.delete(&segment_key(range, &old.name)).await {
             log::warn!("could not delete superseded segment: {e}");
