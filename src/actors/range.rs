@@ -100,7 +100,7 @@ impl RangeActor {
     fn sweep(&mut self) {
         let Some(s) = &mut self.state else { return };
         let slots = s.table.slot_count();
-        let budget = (slots / SWEEP_PASS_TICKS).max(SWEEP_MIN_SLOTS);
+        let budget = s.table.sweep_budget(SWEEP_PASS_TICKS).max(SWEEP_MIN_SLOTS);
         let removed = s.table.sweep(clock::now_secs(), budget);
         if s.table.slot_count() < slots {
             crate::memory::release_freed();
