@@ -175,6 +175,8 @@ async fn retry_after_is_honoured_within_the_cap_and_the_deadline() {
     let r =
         common::request(&addr, "POST", "/get", &[("Content-Type", "application/json")], br#"{"keys":["k"]}"#);
     assert_eq!((r.status, r.header("Retry-After")), (503, Some("1")));
+    // The body says it too, in milliseconds, as every 503 does.
+    assert_eq!(r.json()["retry_after_ms"], 1000, "{:?}", r.json());
 
     let timed = |config: Config| {
         let addr = addr.clone();

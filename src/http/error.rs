@@ -193,6 +193,7 @@ impl ResponseError for ApiError {
         };
         let retry_after_ms = match self {
             ApiError::Unavailable { retry_after, .. } => Some(retry_after.as_millis() as u64),
+            ApiError::Starting(_) => Some(1000),
             _ => None,
         };
         let body =
