@@ -457,28 +457,23 @@ fn local_cluster_reports_a_dead_node() {
 fn local_cluster_stops_when_every_node_exited() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_pair();
-    let mut first = Stopped(
-        Command::new(ADMIN)
-            .args(["local-cluster", "--nodes", "2", "--base-port", &base.to_string(), "--dir"])
-            .arg(dir.path().join("first"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let local_cluster = |name: &str, stderr: Stdio| {
+        Stopped(
+            Command::new(ADMIN)
+                .args(["local-cluster", "--nodes", "2", "--base-port", &base.to_string(), "--dir"])
+                .arg(dir.path().join(name))
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut first = local_cluster("first", Stdio::null());
     let a = format!("127.0.0.1:{base}");
     common::wait_until("the first local cluster to serve", std::time::Duration::from_secs(60), || {
         admin(&["--addresses", &a, "--json", "info"], None).0 == 0
     });
-    let mut second = Stopped(
-        Command::new(ADMIN)
-            .args(["local-cluster", "--nodes", "2", "--base-port", &base.to_string(), "--dir"])
-            .arg(dir.path().join("second"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut second = local_cluster("second", Stdio::piped());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let status = loop {
         if let Some(status) = second.0.try_wait().unwrap() {

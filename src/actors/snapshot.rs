@@ -107,6 +107,8 @@ struct SnapshotDeps {
     known: Arc<std::sync::Mutex<restore::KnownSegments>>,
     /// Held while the record is written, so that writes land in order.
     recording: Arc<tokio::sync::Mutex<()>>,
+    /// A chain was noted since the record was last written.
+    noted: Arc<AtomicBool>,
     data_dir: PathBuf,
 }
 
@@ -115,19 +117,29 @@ impl SnapshotDeps {
     fn note_chain(&self, range: u32, chain: &[SegmentRef]) {
         let names = chain.iter().map(|s| s.name.clone()).collect();
         self.known.lock().unwrap_or_else(|e| e.into_inner()).ranges.insert(range, names);
+        self.noted.store(true, Ordering::Release);
     }
 
     /// Writes the record of the chains to the data folder. A failure is
     /// logged: a stale record only makes the next start read more.
     async fn record_chains(&self) {
         let _in_order = self.recording.lock().await;
+        if !self.noted.swap(false, Ordering::AcqRel) {
+            // Nothing written since: the file is up to date.
+            return;
+        }
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let dir = self.data_dir.clone();
-        match tokio::task::spawn_blocking(move || known.write(&dir)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::warn!("cannot record the segments this disk covers: {e}"),
-            Err(e) => log::warn!("recording the segments this disk covers failed: {e}"),
-        }
+        let error = match tokio::task::spawn_blocking(move || known.write(&dir)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        // Written again with the next run.
+        self.noted.store(true, Ordering::Release);
+        log::warn!(
+            "cannot record the segments this disk covers (the next start reads more of the store): {error}"
+        );
     }
 }
 
@@ -166,6 +178,7 @@ impl SnapshotActor {
                 locks: Arc::new((0..settings.total_hash_ranges).map(|_| Default::default()).collect()),
                 known: Arc::new(std::sync::Mutex::new(restore::KnownSegments::read(&settings.data_dir))),
                 recording: Arc::default(),
+                noted: Arc::default(),
                 data_dir: settings.data_dir.clone(),
             },
             data_dir: settings.data_dir.clone(),

@@ -101,9 +101,10 @@ async fn scale_body(
 /// What `/scale` and `/prepareScale` refuse, judged on the view just
 /// re-read from the object store, so that both answer a request alike:
 /// another epoch than the caller's, a scale still under way, a list that
-/// does not keep the current nodes first, and a node that is in neither
-/// list (the request was sent to a node that is not this cluster's).
-fn refusal(
+/// does not keep the current nodes first, a node that is in neither
+/// list (the request was sent to a node that is not this cluster's), and
+/// one node listed twice ([`same_node_twice`]).
+async fn refusal(
     current: &StoredView,
     next: &[String],
     expected_epoch: Option<u64>,
@@ -150,7 +151,7 @@ fn refusal(
             ),
         });
     }
-    None
+    same_node_twice(next).await
 }
 
 /// How long the addresses of a new list may take to resolve.
@@ -192,10 +193,7 @@ pub async fn scale(
         // told first): nothing to change.
         return Ok(HttpResponse::Ok().json(serde_json::json!({"success": true, "epoch": current.epoch})));
     }
-    if let Some(refused) = refusal(&current, &next, expected_epoch, state.node_id) {
-        return Err(refused);
-    }
-    if let Some(refused) = same_node_twice(&next).await {
+    if let Some(refused) = refusal(&current, &next, expected_epoch, state.node_id).await {
         return Err(refused);
     }
     let view = StoredView {
@@ -231,10 +229,7 @@ pub async fn prepare_scale(
     // Re-read, as `/scale` does: a node that missed a scale must not load
     // ahead (and answer 200) for a cluster that has moved on.
     let (current, _) = current_view(&state).await?;
-    if let Some(refused) = refusal(&current, &next, expected_epoch, state.node_id) {
-        return Err(refused);
-    }
-    if let Some(refused) = same_node_twice(&next).await {
+    if let Some(refused) = refusal(&current, &next, expected_epoch, state.node_id).await {
         return Err(refused);
     }
     let total = current.total_hash_ranges;
